@@ -1,0 +1,178 @@
+"""The `unmask` command line (DESIGN.md §3). User mistakes print one sentence to stderr and exit 2."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spin-waiting makes small-batch CPU inference ~5x slower
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class UserError(Exception):
+    """A mistake in the request: reported as one sentence, no traceback."""
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="bundled model name or a model folder")
+    p.add_argument("--strategy", help="low_confidence | random | ar (default: the model's default)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate (eval: default is the task's window)")
+    p.add_argument("--block-size", type=int, help="semi-autoregressive block length (default 32)")
+    p.add_argument("--steps", type=int, help="denoising steps over all blocks (default: one token per step)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, help="ar only: sample from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, help="ar only: nucleus sampling mass")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="unmask", description="Fast diffusion language models: generate, evaluate, train, benchmark.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="list bundled models")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    add_sampling_flags(p)
+    p.add_argument("--prompt", required=True)
+    p = sub.add_parser("eval", help="accuracy (sort) or held-out loss (text) of a model")
+    add_sampling_flags(p)
+    p.add_argument("--task", help="task name (default: the model's own)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N held-out examples")
+    p.add_argument("--batch-size", type=int, default=32)
+    p = sub.add_parser("train", help="train a model from a named recipe")
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--out", help="output folder (default: runs/RECIPE)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--max-steps", type=int, help="override the recipe's number of optimizer steps")
+    p = sub.add_parser("bench", help="AR against diffusion: latency, speed and accuracy in one run")
+    p.add_argument("--quick", action="store_true", help="a small run (under 2 minutes)")
+    p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def load(name: str):
+    from unmask.models.checkpoints import ModelNotFound, load_model
+
+    try:
+        return load_model(name)
+    except ModelNotFound as err:
+        raise UserError(str(err)) from None
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw = {"strategy": args.strategy, "block_size": args.block_size, "steps": args.steps,
+          "temperature": args.temperature, "seed": args.seed, "top_k": args.top_k, "top_p": args.top_p}
+    for key in ("block_size", "steps", "top_k"):
+        if kw[key] is not None and kw[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, not {kw[key]}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be 0 or more, not {args.temperature}")
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from unmask.models.checkpoints import bundled_models
+
+    models = bundled_models()
+    if args.json:
+        print(json.dumps([asdict(m) for m in models]))
+        return
+    for m in models:
+        print(f"{m.name:20s} {m.kind:16s} {m.task:12s} {m.params:>10,d} params  {m.path}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from unmask.generation import generate
+
+    if not args.prompt:
+        raise UserError("the prompt is empty: give --prompt some text")
+    model = load(args.model)
+    tok = model.tokenizer
+    try:
+        ids = tok.encode(args.prompt)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if model.task == "sort":  # task models read their prompt up to the separator
+        ids = ids + [tok.sep_token_id]
+    max_new = args.max_new_tokens or (48 if model.task == "sort" else 64)
+    out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, **sampling_kwargs(args))
+    text = tok.decode(out.sequences[0])
+    n = out.n_tokens
+    record = {"text": text, "token_ids": out.sequences[0], "nfe": out.nfe, "seconds": out.seconds,
+              "tokens_per_second": n / out.seconds if out.seconds else 0.0}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(args.prompt + ("\n" if model.task == "sort" else "") + text)
+        print(f"[{n} tokens, {out.nfe} forward passes, {out.seconds:.3f} s, {record['tokens_per_second']:.1f} tokens/s]",
+              file=sys.stderr)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from unmask.evaluation import evaluate
+
+    model = load(args.model)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, not {args.limit}")
+    kw = sampling_kwargs(args)
+    result = evaluate(model, args.task, limit=args.limit, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, progress=not args.json, **kw)
+    result.pop("outputs", None)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>20s}: {v:.4f}" if isinstance(v, float) else f"{k:>20s}: {v}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from unmask.train.loop import train
+    from unmask.train.recipes import get_recipe
+
+    cfg = get_recipe(args.recipe)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise UserError(f"--max-steps must be at least 1, not {args.max_steps}")
+        cfg = dataclasses.replace(cfg, steps=args.max_steps, warmup_steps=min(cfg.warmup_steps, args.max_steps))
+    out = Path(args.out or Path("runs") / cfg.name)
+    result = train(cfg, out, resume=args.resume)
+    print(f"trained {cfg.name} to step {result.steps} in {result.seconds / 60:.1f} min; model folder: {out}"
+          + (f"; held-out loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""), file=sys.stderr)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from unmask.bench.harness import run_bench
+
+    report = run_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+
+
+COMMANDS = {"models": cmd_models, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (UserError, ValueError, FileNotFoundError) as err:
+        print(f"unmask {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"unmask {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

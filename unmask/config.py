@@ -1,0 +1,91 @@
+"""Typed configuration shared by models, training and decoding."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AttentionKind = Literal["bidirectional", "causal", "block-causal"]
+ModelKind = Literal["diffusion", "ar", "block-diffusion"]
+
+ATTENTION_OF_KIND: dict[str, str] = {
+    "diffusion": "bidirectional",
+    "ar": "causal",
+    "block-diffusion": "block-causal",
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape of one Transformer plus the special token ids it was trained with."""
+
+    vocab_size: int
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (no grouping)
+    ffn_hidden: int | None = None  # None: the SwiGLU default, ~8/3 * dim rounded to 32
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    kind: ModelKind = "diffusion"
+    block_size: int | None = None  # only for block-diffusion
+    logits_shift: bool = False  # Dream: position i scores token i+1
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 32 * ((8 * self.dim // 3 + 31) // 32)
+        if self.kind not in ATTENTION_OF_KIND:
+            raise ValueError(f"unknown model kind {self.kind!r}; expected one of {sorted(ATTENTION_OF_KIND)}")
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError("dim must divide by n_heads and n_heads by n_kv_heads")
+        if self.kind == "block-diffusion" and not self.block_size:
+            raise ValueError("a block-diffusion model needs block_size")
+
+    @property
+    def attention(self) -> str:
+        return ATTENTION_OF_KIND[self.kind]
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; a recipe is one named instance."""
+
+    name: str
+    task: str  # "sort" or "shakespeare"
+    model: ModelConfig
+    objective: Literal["mdm", "ar"] = "mdm"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 4
+    save_every: int = 250
+    seed: int = 0
+    seq_len: int = 128  # text tasks: tokens per training crop
+    mask_eps: float = 1e-3  # MDM: t ~ U(eps, 1)
+    task_options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""

@@ -1,0 +1,57 @@
+"""THE denoising loop: semi-autoregressive blocks, a pluggable step rule, EOS-aware early exit."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from unmask.decode.result import GenerationResult, cut_at_eos
+from unmask.decode.sampling import gumbel_argmax
+from unmask.decode.schedule import block_spans, steps_per_block
+from unmask.decode.strategies.base import Strategy
+
+
+def prompt_layout(prompt_mask: torch.Tensor | None, prompt_ids: torch.Tensor, new_tokens: int
+                  ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Validity `# (B, P+N)` (None if no padding) and RoPE positions `# (B, P+N)` for left-padded prompts."""
+    B, P = prompt_ids.shape
+    if prompt_mask is None or bool(prompt_mask.all()):
+        return None, torch.arange(P + new_tokens).expand(B, -1)
+    valid = torch.cat([prompt_mask.bool(), torch.ones(B, new_tokens, dtype=torch.bool)], dim=1)
+    return valid, (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy, *, gen_length: int,
+            block_size: int, steps: int | None = None, temperature: float = 0.0, stop_at_eos: bool = True,
+            prompt_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> GenerationResult:
+    """Fill `gen_length` masks after the prompt, block by block, `strategy` choosing what each step commits."""
+    t0 = time.perf_counter()
+    mask_id, eos_id = model.mask_token_id, model.eos_token_id
+    B, P = prompt_ids.shape
+    x = torch.cat([prompt_ids, torch.full((B, gen_length), mask_id, dtype=torch.long)], dim=1)
+    valid, positions = prompt_layout(prompt_mask, prompt_ids, gen_length)
+    shift = bool(getattr(model.config, "logits_shift", False))  # Dream scores token i at position i-1
+    budgets = steps_per_block(gen_length, block_size, steps)
+    nfe, used = 0, []
+    for (s, e), budget in zip(block_spans(gen_length, block_size), budgets):
+        s, e = P + s, P + e
+        block = x[:, s:e]  # a view: committing into it updates x
+        masked = block == mask_id
+        strategy.begin_block(masked, budget)
+        step = 0
+        while masked.any():
+            logits = model(x, positions, valid=valid)  # (B, P+N, V)
+            nfe += 1
+            logits = logits[:, s - 1:e - 1] if shift else logits[:, s:e]  # (B, Lb, V)
+            x0 = gumbel_argmax(logits, temperature, generator)  # (B, Lb)
+            conf = strategy.confidence(logits, x0, generator).masked_fill(~masked, float("-inf"))
+            commit = strategy.select(step, conf, masked) & masked
+            block[commit] = x0[commit]
+            masked = block == mask_id
+            step += 1
+        used.append(step)
+        if stop_at_eos and eos_id is not None and bool((x[:, P:e] == eos_id).any(dim=1).all()):
+            break  # every row has ended: later blocks are never computed
+    tokens, lengths, finished = cut_at_eos(x[:, P:], eos_id, model.pad_token_id, stop_at_eos)
+    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, used)

@@ -1,0 +1,31 @@
+"""Strategy names -> classes. Unknown names and parameters fail loudly, with the known ones listed."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from unmask.decode.strategies.base import Strategy
+from unmask.decode.strategies.low_confidence import LowConfidence
+from unmask.decode.strategies.random_remask import RandomRemask
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "low_confidence": LowConfidence,
+    "random": RandomRemask,
+}
+AR_STRATEGY = "ar"  # left-to-right decoding of causal models (unmask.decode.autoregressive)
+
+
+def strategy_names() -> list[str]:
+    return [*STRATEGIES, AR_STRATEGY]
+
+
+def make_strategy(name: str, **params: Any) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(strategy_names())}")
+    cls = STRATEGIES[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        takes = ", ".join(sorted(accepted)) or "no parameters"
+        raise ValueError(f"strategy {name!r} does not take {', '.join(unknown)} (it takes {takes})")
+    return cls(**params)

@@ -1,0 +1,41 @@
+"""What every decoder returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class GenerationResult:
+    token_ids: torch.Tensor  # (B, N) generated tokens; with stop_at_eos, cut before EOS and right-padded
+    lengths: list[int]  # tokens returned per row
+    finished: list[bool]  # row ended with EOS (the EOS itself is not returned)
+    nfe: int  # model forward passes
+    seconds: float
+    steps_per_block: list[int] = field(default_factory=list)
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.token_ids, self.lengths)]
+
+    @property
+    def n_tokens(self) -> int:
+        """Useful tokens produced: the returned ones plus each row's EOS."""
+        return sum(self.lengths) + sum(self.finished)
+
+
+def cut_at_eos(generated: torch.Tensor, eos_id: int | None, pad_id: int, stop_at_eos: bool
+               ) -> tuple[torch.Tensor, list[int], list[bool]]:
+    """Drop everything from each row's first EOS on (when stop_at_eos); pad rows to the longest."""
+    B, N = generated.shape
+    if not stop_at_eos or eos_id is None:
+        return generated, [N] * B, [False] * B
+    is_eos = generated == eos_id
+    has = is_eos.any(dim=1)
+    first = torch.where(has, is_eos.int().argmax(dim=1), torch.full((B,), N))
+    lengths = first.tolist()
+    width = max(lengths, default=0)
+    out = generated[:, :width].clone()
+    out[torch.arange(width)[None, :] >= first[:, None]] = pad_id
+    return out, lengths, has.tolist()

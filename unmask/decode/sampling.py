@@ -1,0 +1,37 @@
+"""Token choice from logits: LLaDA's float64 Gumbel-max for diffusion, top-k/top-p sampling for AR."""
+from __future__ import annotations
+
+import torch
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """argmax of exp(logits) / (-log u)^temperature in float64 (LLaDA's sampler); plain argmax at 0."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.to(torch.float64)
+    noise = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=logits.device)
+    return (logits.exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
+
+
+def token_probability(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """p(token) under softmax(logits) in float64 `# (B, L)`."""
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    return p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from `# (B, V)` logits: greedy at temperature 0, else filtered sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

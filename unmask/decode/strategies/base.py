@@ -1,0 +1,38 @@
+"""The contract between the denoising loop and a step rule."""
+from __future__ import annotations
+
+import torch
+
+from unmask.decode.sampling import token_probability
+
+
+class Strategy:
+    """Decides, at each denoising step of a block, which masked positions to commit.
+
+    The loop proposes a token x0 for every position of the block; the strategy scores them
+    (`confidence`) and picks which to commit (`select`). It never touches the model.
+    """
+
+    name = "base"
+
+    def begin_block(self, masked: torch.Tensor, steps: int) -> None:
+        """masked `# (B, Lb)`: the block's masked positions before its first step; steps: its step budget."""
+
+    def confidence(self, logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Score of each proposal `# (B, Lb)`; default: its probability (float64, as LLaDA)."""
+        return token_probability(logits, x0)
+
+    def select(self, step: int, confidence: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Positions to commit `# (B, Lb)` bool; confidence is -inf where not masked."""
+        raise NotImplementedError
+
+
+def top_k_per_row(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Bool mask of each row's k[row] highest-confidence positions `# (B, Lb)`."""
+    k_max = int(k.max()) if k.numel() else 0
+    chosen = torch.zeros_like(confidence, dtype=torch.bool)
+    if k_max == 0:
+        return chosen
+    idx = torch.topk(confidence, k_max, dim=-1).indices  # (B, k_max)
+    keep = torch.arange(k_max)[None, :] < k[:, None]
+    return chosen.scatter(-1, idx, keep)

@@ -1,0 +1,62 @@
+"""`unmask.generate`: one entry point for every model kind and strategy (the CLI calls it too)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unmask.decode.autoregressive import autoregress
+from unmask.decode.loop import denoise
+from unmask.decode.registry import AR_STRATEGY, make_strategy
+from unmask.decode.result import GenerationResult
+
+DEFAULT_BLOCK_SIZE = 32
+AR_ONLY_PARAMS = ("top_k", "top_p")
+
+
+def default_strategy(model: torch.nn.Module) -> str:
+    return AR_STRATEGY if model.config.kind == "ar" else "low_confidence"
+
+
+def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str | None = None,
+             max_new_tokens: int = 64, block_size: int | None = None, steps: int | None = None,
+             temperature: float = 0.0, stop_at_eos: bool = True, seed: int | None = None,
+             prompt_mask: torch.Tensor | None = None, **strategy_params: Any) -> GenerationResult:
+    """Generate up to `max_new_tokens` after each row of `prompt_ids` `# (B, P)`.
+
+    strategy: a diffusion step rule ("low_confidence", "random", ...) or "ar" for causal models;
+        None picks the model's default. block_size: semi-autoregressive block (default 32, or the
+        whole span if shorter). steps: denoising steps over the whole span (None: one token per step).
+    prompt_mask: `# (B, P)` bool, False on left padding. stop_at_eos: cut each row at its first EOS
+        and skip blocks once every row has ended. seed: for sampling (temperature > 0, random).
+    """
+    strategy = strategy or default_strategy(model)
+    check_request(model, prompt_ids, max_new_tokens, strategy)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if strategy == AR_STRATEGY:
+        unknown = sorted(set(strategy_params) - set(AR_ONLY_PARAMS) - {"use_cache"})
+        if unknown:
+            raise ValueError(f"strategy 'ar' does not take {', '.join(unknown)}")
+        return autoregress(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                           stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator, **strategy_params)
+    rule = make_strategy(strategy, **strategy_params)
+    block = min(block_size or DEFAULT_BLOCK_SIZE, max_new_tokens)
+    return denoise(model, prompt_ids, rule, gen_length=max_new_tokens, block_size=block, steps=steps,
+                   temperature=temperature, stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator)
+
+
+def check_request(model: torch.nn.Module, prompt_ids: torch.Tensor, max_new_tokens: int, strategy: str) -> None:
+    """Reject what cannot work with one clear sentence (ValueError)."""
+    if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    total, context = prompt_ids.shape[1] + max_new_tokens, model.config.max_seq_len
+    if total > context:
+        raise ValueError(f"prompt ({prompt_ids.shape[1]} tokens) plus {max_new_tokens} new tokens is {total}, "
+                         f"more than this model's context of {context}")
+    kind = model.config.kind
+    if kind == "ar" and strategy != AR_STRATEGY:
+        raise ValueError(f"this is an autoregressive model: use strategy 'ar', not {strategy!r}")
+    if kind != "ar" and strategy == AR_STRATEGY:
+        raise ValueError(f"strategy 'ar' needs an autoregressive model; this one is {kind}")

@@ -1,0 +1,125 @@
+"""Model folders: `config.json` + `model.safetensors` + `tokenizer.json`; bundled-model registry.
+
+A folder written by `save_model` is what `unmask.load_model` and `--model` accept, as are
+published LLaDA/Dream folders (see `unmask.models.hf`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from unmask.config import ModelConfig
+from unmask.models.transformer import Transformer
+from unmask.tokenizers import Tokenizer, load_tokenizer
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+class ModelNotFound(ValueError):
+    pass
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    kind: str
+    task: str
+    params: int
+    path: str
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: Transformer, tokenizer: Tokenizer, folder: str | Path, meta: dict[str, Any] | None = None) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("head.weight", None)
+    atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(state, p))
+    tokenizer.save(folder)
+    config = {"format": "unmask", "model": model.config.to_dict(), **(meta or {})}
+    atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A bundled model's folder, or the given folder; ModelNotFound otherwise."""
+    text = str(name_or_path)
+    if (BUNDLED_DIR / text / CONFIG_FILE).exists():
+        return BUNDLED_DIR / text
+    path = Path(text).expanduser()
+    if (path / CONFIG_FILE).exists():
+        return path
+    known = ", ".join(m.name for m in bundled_models()) or "none"
+    raise ModelNotFound(f"no model named {text!r}: not a bundled model ({known}) nor a folder with {CONFIG_FILE}")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / CONFIG_FILE).read_text())
+
+
+def load_model(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+               device: str | torch.device = "cpu") -> Transformer:
+    """A model in eval mode carrying `tokenizer`, `mask_token_id`, `eos_token_id`, `pad_token_id`."""
+    folder = resolve(name_or_path)
+    raw = read_config(folder)
+    if raw.get("format") != "unmask":
+        from unmask.models.hf import load_published
+
+        return load_published(folder, dtype=dtype, device=device)
+    cfg = ModelConfig.from_dict(raw["model"])
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = load_file(folder / WEIGHTS_FILE)
+    model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
+    if cfg.tie_embeddings:
+        model.head.weight = model.embed.weight
+    model.rope = type(model.rope)(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)  # buffers are not saved
+    model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    return attach(model.eval(), load_tokenizer(folder), name=str(name_or_path), meta=raw)
+
+
+def attach(model: Transformer, tokenizer: Tokenizer, *, name: str, meta: dict[str, Any]) -> Transformer:
+    """Hang tokenizer and special ids on the model (one place decides them: the config)."""
+    cfg = model.config
+    model.tokenizer = tokenizer
+    model.mask_token_id = cfg.mask_token_id if cfg.mask_token_id is not None else tokenizer.mask_token_id
+    model.eos_token_id = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
+    model.pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else tokenizer.pad_token_id
+    model.name = name
+    model.task = meta.get("task")
+    model.meta = meta
+    return model
+
+
+def count_params(state_or_model: Any) -> int:
+    tensors = state_or_model.values() if isinstance(state_or_model, dict) else state_or_model.parameters()
+    return sum(t.numel() for t in tensors)
+
+
+def bundled_models() -> list[ModelInfo]:
+    out = []
+    for folder in sorted(BUNDLED_DIR.glob(f"*/{CONFIG_FILE}")):
+        raw = read_config(folder.parent)
+        out.append(ModelInfo(folder.parent.name, raw["model"]["kind"], raw.get("task", ""),
+                             int(raw.get("params", 0)), str(folder.parent)))
+    return out

@@ -1,0 +1,189 @@
+"""One Transformer for every model kind: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+
+The attention kind (bidirectional, causal, block-causal) is data in the config; the
+mask is built from token positions so the same code serves training, full-sequence
+denoising, padded batches and every cache.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unmask.config import ModelConfig
+from unmask.models.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.to(x.dtype) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half RoPE (the LLaMA/LLaDA/Qwen2 layout), tables kept in float32."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (max_seq_len, head_dim)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x `# (B, H, L, D)`, positions `# (B, L)`."""
+        cos = self.cos[positions].unsqueeze(1)  # (B, 1, L, D)
+        sin = self.sin[positions].unsqueeze(1)
+        x1, x2 = x.float().chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, positions: torch.Tensor,
+                mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int, extent: int
+                ) -> torch.Tensor:
+        B, L, _ = x.shape
+        q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = self.wk(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        v = self.wv(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rope(q, positions), rope(k, positions)
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v, extent)  # (B, Hkv, extent, D)
+        if self.n_kv_heads != self.n_heads:
+            repeat = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, D)
+        return self.wo(out.transpose(1, 2).reshape(B, L, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.up = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, positions: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int, start: int, extent: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, positions, mask, cache, layer, start, extent)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+def attention_mask(kind: str, q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor | None,
+                   block_size: int | None = None, q_slot: torch.Tensor | None = None,
+                   k_slot: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Boolean mask `# (B, 1, Lq, Lk)`, True where a query may attend a key; None means 'attend all'.
+
+    Causal and block-causal rules compare RoPE positions; padded keys are never seen, but
+    every query sees its own slot so a padding row never softmaxes over nothing.
+    """
+    if kind == "bidirectional" and (k_valid is None or bool(k_valid.all())):
+        return None
+    qp, kp = q_pos[:, :, None], k_pos[:, None, :]  # (B, Lq, 1), (B, 1, Lk)
+    if kind == "bidirectional":
+        allowed = torch.ones(qp.shape[0], qp.shape[1], kp.shape[2], dtype=torch.bool, device=q_pos.device)
+    elif kind == "causal":
+        allowed = kp <= qp
+    elif kind == "block-causal":
+        allowed = torch.div(kp, block_size, rounding_mode="floor") <= torch.div(qp, block_size, rounding_mode="floor")
+    else:
+        raise ValueError(f"unknown attention kind {kind!r}")
+    if k_valid is not None:
+        allowed = allowed & k_valid[:, None, :]
+        if q_slot is not None and k_slot is not None:
+            allowed = allowed | (q_slot[None, :, None] == k_slot[None, None, :])
+        else:
+            allowed = allowed | torch.eye(qp.shape[1], kp.shape[2], dtype=torch.bool, device=q_pos.device)
+    return allowed[:, None]
+
+
+class Transformer(nn.Module):
+    """Token ids in, logits out. `forward(input_ids)` alone gives full attention of the model's kind."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("wo.weight") or name.endswith("down.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
+                valid: torch.Tensor | None = None, cache: KVCache | None = None, start: int = 0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `# (B, L, V)` for `input_ids` `# (B, L)`.
+
+        positions: RoPE positions `# (B, L)`; default start..start+L-1.
+        valid: False for padding tokens `# (B, L)`; they are never attended to.
+        cache: a KVCache; the tokens are written to slots [start, start+L) and attend to
+            every filled slot under the model's attention rule.
+        attn_mask: an explicit boolean mask `# (B, 1, L, Lk)` that replaces the rule (training tricks).
+        """
+        B, L = input_ids.shape
+        cfg = self.config
+        if positions is None:
+            positions = torch.arange(start, start + L, device=input_ids.device).expand(B, L)
+        if int(positions.max()) >= cfg.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond this model's context of {cfg.max_seq_len}")
+        extent = start + L
+        k_pos, k_valid, q_slot, k_slot = positions, valid, None, None
+        if cache is not None:
+            if valid is None:
+                valid = torch.ones(B, L, dtype=torch.bool, device=input_ids.device)
+            extent = cache.write_meta(start, positions, valid)
+            k_pos, k_valid = cache.positions[:, :extent], cache.valid[:, :extent]
+            q_slot = torch.arange(start, start + L, device=input_ids.device)
+            k_slot = torch.arange(extent, device=input_ids.device)
+        mask = attn_mask
+        if mask is None:
+            mask = attention_mask(cfg.attention, positions, k_pos, k_valid, cfg.block_size, q_slot, k_slot)
+        x = self.embed(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.rope, positions, mask, cache, i, start, extent)
+        if cache is not None:
+            cache.length = extent
+        return self.head(self.norm(x)).float()

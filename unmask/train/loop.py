@@ -1,0 +1,173 @@
+"""One readable training loop: AdamW, warm-up + cosine, clipping, eval, atomic saves, exact resume.
+
+Runs data-parallel under `torchrun` (DDP, gloo on CPU); every batch and every masking draw is
+a pure function of (seed, step, rank), so a resumed run replays exactly what a straight run does.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from unmask.config import ModelConfig, TrainConfig
+from unmask.data import get_task
+from unmask.models.checkpoints import atomic_write, count_params, save_model
+from unmask.models.transformer import Transformer
+from unmask.tokenizers import CharTokenizer
+from unmask.train.objectives import ar_loss, mdm_elbo, mdm_loss
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per step run in this call
+    eval_loss: float | None = None
+    seconds: float = 0.0
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def build_model(cfg: TrainConfig, tok: CharTokenizer) -> Transformer:
+    mc = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": tok.vocab_size, "mask_token_id": tok.mask_token_id,
+                                "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
+    torch.manual_seed(cfg.seed)
+    return Transformer(mc)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, generator: torch.Generator) -> torch.Tensor:
+    if cfg.objective == "mdm":
+        return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator)
+    return ar_loss(model, batch)
+
+
+@torch.no_grad()
+def evaluate_loss(model: Transformer, cfg: TrainConfig, tok: CharTokenizer, task) -> float:
+    """Held-out loss: diffusion ELBO bound per token, or AR NLL per token (nats)."""
+    model.eval()
+    losses = []
+    for i in range(cfg.eval_batches):
+        batch = task.eval_batch(tok, cfg.batch_size, i, diffusion=cfg.objective == "mdm", seq_len=cfg.seq_len)
+        if cfg.objective == "mdm":
+            losses.append(mdm_elbo(model, batch, tok.mask_token_id, seed=i))
+        else:
+            losses.append(float(ar_loss(model, batch)))
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train `cfg` into `out_dir` (model folder + train_state.pt + metrics.jsonl).
+
+    resume: continue from out_dir/train_state.pt. stop_after: leave after this global step
+    (as a killed run would), keeping the schedule of cfg.steps.
+    """
+    out = Path(out_dir)
+    rank, world = _distributed()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} does not split over {world} processes")
+    tok = CharTokenizer()
+    task = get_task(cfg.task, **cfg.task_options)
+    model = build_model(cfg, tok)
+    opt = make_optimizer(model, cfg)
+    start, prior_seconds = 0, 0.0
+    state_path = out / STATE_FILE
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"cannot resume: {state_path} does not exist")
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, prior_seconds = state["step"], state.get("train_seconds", 0.0)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    model.train()
+    end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
+    result = TrainResult(steps=start)
+    t0 = time.time()
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=cfg.name, disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    tokens_seen, t_last = 0, time.time()
+    for step in bar:
+        seed = f"{cfg.seed}-{step}-{rank}"
+        batch = task.train_batch(tok, cfg.batch_size // world, seed, diffusion=cfg.objective == "mdm",
+                                 seq_len=cfg.seq_len)
+        gen = torch.Generator().manual_seed(hash_seed(seed))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = loss_on(ddp, batch, cfg, tok.mask_token_id, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        result.losses.append(float(loss.detach()))
+        result.steps = step + 1
+        tokens_seen += batch.n_tokens * world
+        if rank == 0:
+            record = {"step": step + 1, "loss": float(loss), "lr": lr_at(step, cfg)}
+            last = step + 1 == end
+            if (step + 1) % cfg.eval_every == 0 or (last and step + 1 == cfg.steps):
+                record["eval_loss"] = result.eval_loss = evaluate_loss(model, cfg, tok, task)
+            if (step + 1) % 10 == 0 or last:
+                now = time.time()
+                bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_seen / max(now - t_last, 1e-9):.0f}",
+                                eval=f"{result.eval_loss:.3f}" if result.eval_loss is not None else "-")
+                tokens_seen, t_last = 0, now
+            _append_log(out, record)
+            if (step + 1) % cfg.save_every == 0 or last:
+                save_checkpoint(model, opt, tok, cfg, out, step + 1, prior_seconds + time.time() - t0)
+    result.seconds = time.time() - t0
+    return result
+
+
+def hash_seed(text: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def _append_log(out: Path, record: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOG_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def save_checkpoint(model: Transformer, opt: torch.optim.Optimizer, tok: CharTokenizer, cfg: TrainConfig, out: Path,
+                    step: int, train_seconds: float) -> None:
+    """The loadable model folder and the resumable state, each written atomically."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "train_seconds": train_seconds}
+    atomic_write(out / STATE_FILE, lambda p: torch.save(state, p))
+    meta = {"task": cfg.task, "recipe": cfg.name, "params": count_params(model), "train_steps": step,
+            "train_minutes": round(train_seconds / 60, 2), "task_options": cfg.task_options,
+            "description": cfg.description}
+    save_model(model, tok, out, meta)

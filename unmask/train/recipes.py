@@ -1,0 +1,49 @@
+"""Named recipes: each reproduces one bundled checkpoint (`unmask train --recipe NAME`)."""
+from __future__ import annotations
+
+import dataclasses
+
+from unmask.config import ModelConfig, TrainConfig
+
+# One shape for both sort models so the AR twin is the honest same-size baseline.
+SORT_MODEL = ModelConfig(vocab_size=0, dim=128, n_layers=4, n_heads=4, max_seq_len=256)
+SORT_OPTIONS = {"max_len": 12, "max_window": 48}  # the CPU-sized task: see README "Bundled models"
+TEXT_MODEL = ModelConfig(vocab_size=0, dim=128, n_layers=4, n_heads=4, max_seq_len=512)
+
+RECIPES: dict[str, TrainConfig] = {
+    "sort-mdm": TrainConfig(
+        name="sort-mdm", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        steps=4000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        task_options=SORT_OPTIONS,
+        description="masked-diffusion sorter (LLaDA objective), answers EOS-filled to a random window"),
+    "sort-ar": TrainConfig(
+        name="sort-ar", task="sort", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
+        steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        task_options=SORT_OPTIONS,
+        description="autoregressive twin of sort-mdm: same shape, same data"),
+    "shakespeare-mdm": TrainConfig(
+        name="shakespeare-mdm", task="shakespeare", objective="mdm", model=dataclasses.replace(TEXT_MODEL, kind="diffusion"),
+        steps=1500, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        description="masked-diffusion character model of Shakespeare's works"),
+    "shakespeare-ar": TrainConfig(
+        name="shakespeare-ar", task="shakespeare", objective="ar", model=dataclasses.replace(TEXT_MODEL, kind="ar"),
+        steps=1500, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        description="autoregressive twin of shakespeare-mdm"),
+    # Seconds-long recipes for tests and smoke runs.
+    "tiny-sort-mdm": TrainConfig(
+        name="tiny-sort-mdm", task="sort", objective="mdm",
+        model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=256, kind="diffusion"),
+        steps=20, batch_size=8, warmup_steps=2, eval_every=10, eval_batches=1, save_every=10,
+        task_options={"max_len": 6, "max_window": 24}, description="test-sized sorter"),
+    "tiny-sort-ar": TrainConfig(
+        name="tiny-sort-ar", task="sort", objective="ar",
+        model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=256, kind="ar"),
+        steps=20, batch_size=8, warmup_steps=2, eval_every=10, eval_batches=1, save_every=10,
+        task_options={"max_len": 6, "max_window": 24}, description="test-sized AR sorter"),
+}
+
+
+def get_recipe(name: str) -> TrainConfig:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    return dataclasses.replace(RECIPES[name])
