@@ -98,13 +98,13 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = N
     return attach(model.eval(), load_tokenizer(folder), name=str(name_or_path), meta=raw)
 
 
-def attach(model: Transformer, tokenizer: Tokenizer, *, name: str, meta: dict[str, Any]) -> Transformer:
+def attach(model: Transformer, tokenizer: Tokenizer | None, *, name: str, meta: dict[str, Any]) -> Transformer:
     """Hang tokenizer and special ids on the model (one place decides them: the config)."""
     cfg = model.config
     model.tokenizer = tokenizer
-    model.mask_token_id = cfg.mask_token_id if cfg.mask_token_id is not None else tokenizer.mask_token_id
-    model.eos_token_id = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
-    model.pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else tokenizer.pad_token_id
+    for key in ("mask_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(cfg, key)
+        setattr(model, key, value if value is not None else getattr(tokenizer, key, None))
     model.name = name
     model.task = meta.get("task")
     model.meta = meta
