@@ -44,12 +44,14 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
             logits = model(x, positions, valid=valid)  # (B, P+N, V)
             nfe += 1
             logits = logits[:, s - 1:e - 1] if shift else logits[:, s:e]  # (B, Lb, V)
-            x0 = gumbel_argmax(logits, temperature, generator)  # (B, Lb)
+            x0 = gumbel_argmax(logits, temperature, generator, forbid=mask_id)  # (B, Lb)
             conf = strategy.confidence(logits, x0, generator).masked_fill(~masked, float("-inf"))
             commit = strategy.select(step, conf, masked) & masked
             block[commit] = x0[commit]
             masked = block == mask_id
             step += 1
+            if step > block.shape[1] and masked.any():  # every rule commits at least one token per step
+                raise RuntimeError(f"strategy {strategy.name!r} made no progress on a block of {block.shape[1]}")
         used.append(step)
         if stop_at_eos and eos_id is not None and bool((x[:, P:e] == eos_id).any(dim=1).all()):
             break  # every row has ended: later blocks are never computed

@@ -4,8 +4,15 @@ from __future__ import annotations
 import torch
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """argmax of exp(logits) / (-log u)^temperature in float64 (LLaDA's sampler); plain argmax at 0."""
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+                  forbid: int | None = None) -> torch.Tensor:
+    """argmax of exp(logits) / (-log u)^temperature in float64 (LLaDA's sampler); plain argmax at 0.
+
+    forbid: a token id never proposed (the mask id: committing a mask would undo the step).
+    """
+    if forbid is not None:
+        logits = logits.clone()
+        logits[..., forbid] = float("-inf")
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.to(torch.float64)

@@ -30,4 +30,13 @@ def steps_per_block(gen_length: int, block_size: int, steps: int | None) -> list
         raise ValueError(f"{steps} steps cannot cover {len(spans)} blocks; use at least one step per block")
     if gen_length % block_size == 0:
         return [steps // len(spans)] * len(spans)
-    return [max(1, round(steps * (e - s) / gen_length)) for s, e in spans]
+    # Unequal blocks: steps in proportion to length, at least one each, summing to exactly `steps`.
+    share = [steps * (e - s) / gen_length for s, e in spans]
+    alloc = [max(1, int(x)) for x in share]
+    while sum(alloc) < steps:
+        i = max(range(len(alloc)), key=lambda j: share[j] - alloc[j])
+        alloc[i] += 1
+    while sum(alloc) > steps:
+        i = max((j for j in range(len(alloc)) if alloc[j] > 1), key=lambda j: alloc[j] - share[j])
+        alloc[i] -= 1
+    return alloc

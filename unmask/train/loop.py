@@ -134,13 +134,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         result.steps = step + 1
         tokens_seen += batch.n_tokens * world
         if rank == 0:
-            record = {"step": step + 1, "loss": float(loss), "lr": lr_at(step, cfg)}
+            record = {"step": step + 1, "loss": result.losses[-1], "lr": lr_at(step, cfg)}
             last = step + 1 == end
             if (step + 1) % cfg.eval_every == 0 or (last and step + 1 == cfg.steps):
                 record["eval_loss"] = result.eval_loss = evaluate_loss(model, cfg, tok, task)
             if (step + 1) % 10 == 0 or last:
                 now = time.time()
-                bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_seen / max(now - t_last, 1e-9):.0f}",
+                bar.set_postfix(loss=f"{result.losses[-1]:.3f}", tok_s=f"{tokens_seen / max(now - t_last, 1e-9):.0f}",
                                 eval=f"{result.eval_loss:.3f}" if result.eval_loss is not None else "-")
                 tokens_seen, t_last = 0, now
             _append_log(out, record)

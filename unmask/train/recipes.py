@@ -23,11 +23,11 @@ RECIPES: dict[str, TrainConfig] = {
         description="autoregressive twin of sort-mdm: same shape, same data"),
     "shakespeare-mdm": TrainConfig(
         name="shakespeare-mdm", task="shakespeare", objective="mdm", model=dataclasses.replace(TEXT_MODEL, kind="diffusion"),
-        steps=1000, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        steps=600, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="masked-diffusion character model of Shakespeare's works"),
     "shakespeare-ar": TrainConfig(
         name="shakespeare-ar", task="shakespeare", objective="ar", model=dataclasses.replace(TEXT_MODEL, kind="ar"),
-        steps=1000, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        steps=600, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="autoregressive twin of shakespeare-mdm"),
     # Seconds-long recipes for tests and smoke runs.
     "tiny-sort-mdm": TrainConfig(

@@ -1,0 +1,127 @@
+"""Training losses on hand-made batches, checked against values computed by hand."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from unmask.data.batch import Batch, make_batch
+from unmask.data.sort import SortTask
+from unmask.tokenizers import CharTokenizer
+from unmask.train.objectives import ar_loss, mask_tokens, mdm_elbo, mdm_loss
+
+MASK = 1
+
+
+class FixedLogits(nn.Module):
+    """A stub model: ignores its input and returns the same logits `# (B, L, V)` every call."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, ids, valid=None):
+        self.seen.append(ids.clone())
+        return self.logits
+
+
+def hand_batch() -> Batch:
+    # row 0: prompt [5, 6], answer [7, 8, 9]; row 1: prompt [5], answer [4], then padding.
+    return make_batch([[5, 6, 7, 8, 9], [5, 4]], [2, 1], pad_id=0)
+
+
+def ce(logits_row: torch.Tensor, target: int) -> float:
+    """Cross-entropy of one position, computed by hand."""
+    return -logits_row[target].item() + math.log(sum(math.exp(v) for v in logits_row.tolist()))
+
+
+def test_make_batch_marks_answers_as_targets():
+    """Only answer tokens are scored/masked; prompts and padding never are."""
+    b = hand_batch()
+    assert b.ids.tolist() == [[5, 6, 7, 8, 9], [5, 4, 0, 0, 0]]
+    assert b.target.tolist() == [[False, False, True, True, True], [False, True, False, False, False]]
+    assert b.valid.tolist() == [[True] * 5, [True, True, False, False, False]]
+    assert b.n_tokens == 7
+
+
+def test_mdm_loss_matches_hand_computation():
+    """mdm_loss = sum over masked targets of CE / t, divided by the number of target tokens."""
+    torch.manual_seed(0)
+    batch = hand_batch()
+    logits = torch.randn(2, 5, 12)
+    t = torch.tensor([[0.5], [0.8]])
+    # Replay the generator to learn which targets get masked.
+    _, masked = mask_tokens(batch, MASK, t, torch.Generator().manual_seed(1))
+    assert 0 < int(masked.sum()) < 4, "a seed that masks some targets but not all"
+    model = FixedLogits(logits)
+    loss = mdm_loss(model, batch, MASK, t=t, generator=torch.Generator().manual_seed(1))
+    expected = 0.0
+    for b in range(2):
+        for i in range(5):
+            if masked[b, i]:
+                expected += ce(logits[b, i], int(batch.ids[b, i])) / t[b, 0].item()
+    expected /= 4  # target tokens: 3 + 1
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+    # The model saw mask ids exactly at the masked positions and the clean ids elsewhere.
+    noisy = model.seen[0]
+    assert torch.equal(noisy == MASK, masked)
+    assert torch.equal(noisy[~masked], batch.ids[~masked])
+
+
+def test_mdm_loss_with_everything_masked():
+    """At t=1 every target is masked and the loss is the mean CE over targets."""
+    batch = hand_batch()
+    logits = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))
+    loss = mdm_loss(FixedLogits(logits), batch, MASK, t=torch.ones(2, 1))
+    targets = [(0, 2), (0, 3), (0, 4), (1, 1)]
+    expected = sum(ce(logits[b, i], int(batch.ids[b, i])) for b, i in targets) / 4
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+
+
+def test_ar_loss_is_next_token_ce_on_targets_only():
+    """Position i predicts token i+1, scored only where token i+1 is a target (prompt/pad ignored)."""
+    batch = hand_batch()
+    logits = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(2))
+    loss = ar_loss(FixedLogits(logits), batch)
+    # targets at (0,2),(0,3),(0,4),(1,1): predicted from the position before each.
+    pairs = [(0, 1, 7), (0, 2, 8), (0, 3, 9), (1, 0, 4)]
+    expected = sum(ce(logits[b, i], tok) for b, i, tok in pairs) / len(pairs)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+
+
+def test_mask_tokens_at_t1_masks_all_targets_and_nothing_else():
+    """Masking never touches the prompt or padding, over many seeds and sort batches."""
+    tok, task = CharTokenizer(), SortTask(max_len=6, max_window=24)
+    for seed in range(8):
+        batch = task.train_batch(tok, 4, f"prop-{seed}", diffusion=True)
+        noisy, masked = mask_tokens(batch, tok.mask_token_id, torch.ones(4, 1), torch.Generator().manual_seed(seed))
+        assert torch.equal(masked, batch.target)
+        assert torch.equal(noisy[~batch.target], batch.ids[~batch.target])
+        assert bool((noisy[batch.target] == tok.mask_token_id).all())
+        assert not bool((batch.target & ~batch.valid).any())
+        # Prompt = everything up to and including [SEP]; none of it is a target.
+        for row in range(4):
+            sep = batch.ids[row].tolist().index(tok.sep_token_id)
+            assert not bool(batch.target[row, :sep + 1].any())
+            assert bool(batch.target[row, sep + 1]), "the first answer token is a target"
+
+
+def test_mask_tokens_partial_t_only_masks_targets():
+    """At 0 < t < 1 masked positions are a subset of the targets, roughly a t fraction of them."""
+    tok, task = CharTokenizer(), SortTask(max_len=6, max_window=24)
+    total = hits = 0
+    for seed in range(8):
+        batch = task.train_batch(tok, 4, f"part-{seed}", diffusion=True)
+        _, masked = mask_tokens(batch, tok.mask_token_id, torch.full((4, 1), 0.3), torch.Generator().manual_seed(seed))
+        assert not bool((masked & ~batch.target).any())
+        total, hits = total + int(batch.target.sum()), hits + int(masked.sum())
+    assert 0.2 < hits / total < 0.4
+
+
+def test_mdm_elbo_is_deterministic():
+    """The held-out diffusion bound is a pure function of (model, batch, seed)."""
+    batch = hand_batch()
+    model = FixedLogits(torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(4)))
+    assert mdm_elbo(model, batch, MASK, seed=1) == mdm_elbo(model, batch, MASK, seed=1)

@@ -1,0 +1,203 @@
+"""`unmask bench`: the AR twin against the masked-diffusion model on `sort`, in one process.
+
+Every figure comes from one run on one machine, through the calls users make
+(`evaluate_sort` for accuracy, `unmask.generate` for latency), so the ratios in the
+summary compare like with like even where the absolute numbers depend on the machine.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from unmask.data.sort import Example, SortTask
+from unmask.evaluation import evaluate_sort, task_of
+from unmask.generation import generate
+from unmask.models.checkpoints import load_model
+
+DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
+BLOCK_SIZE = 16
+STEPS_PER_BLOCK = (8, 4, 2)  # fewer denoising steps per 16-token block: 2, 4 and 8 tokens per forward
+EVAL_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the report: which model, which decoding rule, how many steps."""
+
+    key: str
+    label: str
+    model: str  # "ar" or "diffusion": a key of the models mapping
+    strategy: str
+    block_size: int | None = None
+    steps: int | None = None  # over the whole window, as `generate` takes it; None = one token per step
+
+    def gen_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"strategy": self.strategy}
+        if self.model == "diffusion":  # `generate` ignores these for AR; leaving them out keeps that explicit
+            kw.update(block_size=self.block_size, steps=self.steps)
+        return kw
+
+
+def make_settings(window: int) -> list[Setting]:
+    """AR, vanilla diffusion, then fewer steps per block; steps derive from the task's window, not constants."""
+    n_blocks = -(-window // BLOCK_SIZE)
+    rows = [Setting("ar", "AR greedy (KV cache)", "ar", "ar"),
+            Setting("vanilla", "diffusion low_confidence vanilla (1 token/step)", "diffusion", "low_confidence",
+                    BLOCK_SIZE, None)]
+    rows += [Setting(f"spb{k}", f"diffusion low_confidence {k} steps/block", "diffusion", "low_confidence",
+                     BLOCK_SIZE, k * n_blocks) for k in STEPS_PER_BLOCK]
+    return rows
+
+
+def list_length(ex: Example) -> int:
+    return len(ex.prompt.split()) - 1  # "sort: a b c" -> 3
+
+
+def length_buckets(task: SortTask, k: int) -> dict[int, list[Example]]:
+    """The first `k` held-out examples of a short, a middle and the longest list length.
+
+    Answer length in tokens grows with list length, so the buckets span the output lengths the task has.
+    """
+    wanted = sorted({task.min_len, (task.min_len + task.max_len) // 2, task.max_len})
+    buckets: dict[int, list[Example]] = {n: [] for n in wanted}
+    for ex in task.test_examples:
+        n = list_length(ex)
+        if n in buckets and len(buckets[n]) < k:
+            buckets[n].append(ex)
+    return {n: exs for n, exs in buckets.items() if exs}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name on Linux, where platform.processor() is often empty."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def environment() -> dict[str, Any]:
+    """What the timings depend on; OMP_WAIT_POLICY matters because spin-waiting threads slow batch-1 CPU decoding."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "processor": platform.processor() or cpu_model() or "",
+            "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "load_average_at_start": list(load) if load else None}
+
+
+def accuracy(model: torch.nn.Module, task: SortTask, setting: Setting, limit: int) -> dict[str, Any]:
+    """Held-out exact match through `evaluate_sort`, batched as users evaluate."""
+    res = evaluate_sort(model, task, limit=limit, batch_size=EVAL_BATCH, **setting.gen_kwargs())
+    return {"n": res["n"], "accuracy": res["accuracy"], "nfe_mean": res["nfe_mean"],
+            "tokens_per_forward": res["tokens_per_forward"], "batch_tokens_per_second": res["tokens_per_second"]}
+
+
+def summarise_bucket(n: int, exs: list[Example], calls: list[tuple[float, int, int, bool]],
+                     tok: Any) -> dict[str, Any]:
+    """Mean latency, tokens/s (total tokens over total seconds) and NFE of one setting on one bucket."""
+    seconds = [c[0] for c in calls]
+    tokens, total_s = sum(c[1] for c in calls), sum(seconds)
+    return {"list_length": n, "n": len(exs),
+            "answer_tokens_mean": sum(len(tok.encode(e.answer)) + 1 for e in exs) / len(exs),  # + EOS
+            "output_tokens_mean": tokens / len(calls), "latency_s_mean": total_s / len(calls),
+            "latency_s_median": statistics.median(seconds),  # robust to a descheduled call
+            "tokens_per_second": tokens / total_s if total_s else 0.0,
+            "nfe_mean": sum(c[2] for c in calls) / len(calls),
+            "exact_match": sum(c[3] for c in calls) / len(calls), "latencies_s": seconds}
+
+
+def latency(loaded: dict[str, torch.nn.Module], task: SortTask, settings: list[Setting],
+            buckets: dict[int, list[Example]], progress: bool) -> dict[str, list[dict[str, Any]]]:
+    """Batch-1 `generate` latency per setting and output-length bucket, after one untimed warm-up call each.
+
+    Settings are interleaved example by example (starting setting rotated) rather than timed one after
+    another: on a shared machine the background load drifts, and timing each setting in its own stretch
+    of time lets that drift masquerade as a speed difference between settings.
+    """
+    def prompt(model: torch.nn.Module, ex: Example) -> torch.Tensor:
+        return torch.tensor([task.prompt_ids(model.tokenizer, ex.prompt)], dtype=torch.long)  # (1, P)
+
+    # Warm up on the longest bucket so every code path (all blocks, the full cache) has run once.
+    longest = buckets[max(buckets)][0]
+    for s in settings:
+        model = loaded[s.model]
+        generate(model, prompt(model, longest), max_new_tokens=task.max_window, **s.gen_kwargs())
+    calls: dict[str, dict[int, list[tuple[float, int, int, bool]]]] = {s.key: {n: [] for n in buckets} for s in settings}
+    jobs = [(n, ex) for n, exs in buckets.items() for ex in exs]
+    for i, (n, ex) in enumerate(tqdm(jobs, desc="latency", disable=not progress, file=sys.stderr, leave=False)):
+        for s in settings[i % len(settings):] + settings[:i % len(settings)]:
+            model = loaded[s.model]
+            ids = prompt(model, ex)
+            t0 = time.perf_counter()
+            out = generate(model, ids, max_new_tokens=task.max_window, **s.gen_kwargs())
+            dt = time.perf_counter() - t0
+            ok = task.score(model.tokenizer.decode(out.sequences[0]), ex)
+            calls[s.key][n].append((dt, out.n_tokens, out.nfe, ok))
+    return {s.key: [summarise_bucket(n, buckets[n], calls[s.key][n], loaded[s.model].tokenizer) for n in buckets]
+            for s in settings}
+
+
+def check_same_task(tasks: dict[str, SortTask]) -> SortTask:
+    """Both models must have been trained on the same task options, or their held-out splits differ."""
+    first = next(iter(tasks.values()))
+    if not isinstance(first, SortTask):
+        raise ValueError(f"the benchmark runs on the sort task, not {first.name!r}")
+    for role, t in tasks.items():
+        if t != first:
+            raise ValueError(f"the {role} model was trained on different sort options ({t}) than {first}")
+    return first
+
+
+def run_bench(*, quick: bool, out_dir: Path, progress: bool = True,
+              models: dict[str, str] | None = None) -> dict[str, Any]:
+    """Measure every setting, write bench.json / bench.md / bench.png into `out_dir`, return the JSON dict."""
+    from unmask.bench.report import markdown, summarise, write_report
+
+    t_start = time.perf_counter()
+    names = {**DEFAULT_MODELS, **(models or {})}
+    env = environment()
+    if progress and not env["OMP_WAIT_POLICY"]:
+        # The CLI sets PASSIVE before importing torch; a library caller cannot fix it this late.
+        print("unmask bench: OMP_WAIT_POLICY is unset; spin-waiting threads may inflate batch-1 timings "
+              "(set OMP_WAIT_POLICY=PASSIVE before starting Python)", file=sys.stderr)
+    loaded = {role: load_model(path) for role, path in names.items()}
+    task = check_same_task({role: task_of(m) for role, m in loaded.items()})
+    limit, k = (100, 3) if quick else (500, 10)
+    buckets = length_buckets(task, k)
+    settings = make_settings(task.max_window)
+
+    results = []
+    bar = tqdm(settings, desc="accuracy", disable=not progress, file=sys.stderr)
+    for s in bar:  # accuracy first, batched; the timed batch-1 calls follow, interleaved across settings
+        bar.set_postfix_str(s.label)
+        results.append({**asdict(s), "model_path": names[s.model], **accuracy(loaded[s.model], task, s, limit)})
+    bar.close()
+    timings = latency(loaded, task, settings, buckets, progress)
+    for row in results:
+        row["buckets"] = timings[row["key"]]
+
+    report = {"quick": quick, "environment": env, "models": names,
+              "task": {"name": task.name, "min_len": task.min_len, "max_len": task.max_len,
+                       "max_value": task.max_value, "max_window": task.max_window},
+              "protocol": {"eval_limit": limit, "eval_batch_size": EVAL_BATCH, "examples_per_bucket": k,
+                           "latency_batch_size": 1, "max_new_tokens": task.max_window, "block_size": BLOCK_SIZE,
+                           "warmup_calls_per_setting": 1, "order": "settings interleaved per example, start rotated",
+                           "timer": "time.perf_counter around unmask.generate"},
+              "settings": results, "summary": summarise(results)}
+    report["wall_seconds"] = time.perf_counter() - t_start
+    write_report(report, Path(out_dir))
+    if progress:
+        print(markdown(report), file=sys.stderr)
+    return report

@@ -1,0 +1,119 @@
+"""Turn one `unmask bench` run into bench.json, bench.md and bench.png.
+
+Nothing here measures: every number is read from the dict `harness.run_bench` built, so
+the three files always agree with each other and with the JSON printed by `--json`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+Report = dict[str, Any]
+
+
+def longest_bucket(setting: dict[str, Any]) -> dict[str, Any]:
+    # Ratios are taken at the longest outputs: that is where diffusion's parallel commits
+    # should pay off most and where AR pays for the most sequential steps.
+    return max(setting["buckets"], key=lambda b: b["list_length"])
+
+
+def summarise(settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Speed ratios from this run only: each diffusion setting's batch-1 tokens/s over vanilla's and AR's."""
+    by_key = {s["key"]: s for s in settings}
+    ar, vanilla = by_key.get("ar"), by_key.get("vanilla")
+    base_ar = longest_bucket(ar)["tokens_per_second"] if ar else None
+    base_vanilla = longest_bucket(vanilla)["tokens_per_second"] if vanilla else None
+
+    def ratio(x: float, base: float | None) -> float | None:
+        return x / base if base else None
+
+    rows = []
+    for s in settings:
+        if s["model"] != "diffusion":
+            continue
+        b = longest_bucket(s)
+        tps = b["tokens_per_second"]
+        rows.append({"key": s["key"], "label": s["label"], "accuracy": s["accuracy"], "tokens_per_second": tps,
+                     "latency_s_mean": b["latency_s_mean"], "vs_vanilla": ratio(tps, base_vanilla),
+                     "vs_ar": ratio(tps, base_ar)})
+    return {"at_list_length": longest_bucket(settings[0])["list_length"] if settings else None,
+            "ar_tokens_per_second": base_ar, "ar_accuracy": ar["accuracy"] if ar else None,
+            "vanilla_tokens_per_second": base_vanilla, "ratios": rows}
+
+
+def bucket_headers(report: Report) -> list[str]:
+    # Every setting times the same examples, so the first setting's answer lengths name the buckets.
+    first = report["settings"][0]["buckets"]
+    return [f"{b['list_length']} numbers (~{b['answer_tokens_mean']:.0f} tok)" for b in first]
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def environment_line(report: Report) -> str:
+    env, proto = report["environment"], report["protocol"]
+    return (f"torch {env['torch']}, {env['threads']} threads, processor {env['processor'] or '?'} "
+            f"({env['cpu_count']} CPUs), OMP_WAIT_POLICY={env['OMP_WAIT_POLICY'] or 'unset'}, "
+            f"load average at start {', '.join(f'{x:.2f}' for x in env['load_average_at_start'] or [])}; "
+            f"accuracy on {proto['eval_limit']} held-out examples (batch {proto['eval_batch_size']}); latency at "
+            f"batch 1, {proto['examples_per_bucket']} examples per bucket, {proto['warmup_calls_per_setting']} "
+            f"warm-up call per setting, {proto.get('order', 'settings timed in turn')}, "
+            f"max_new_tokens {proto['max_new_tokens']}.")
+
+
+def markdown(report: Report) -> str:
+    """One row per setting: accuracy, NFE, tokens/forward, then latency and tokens/s per output-length bucket."""
+    heads = bucket_headers(report)
+    lines = [f"## unmask bench: {report['task']['name']} ({'quick' if report['quick'] else 'full'})", "",
+             "| Setting | Accuracy | NFE mean (batch 32) | Tokens/forward (batch 32) | " + " | ".join(heads) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(heads)]
+    for s in report["settings"]:
+        cells = [f"{b['latency_s_mean'] * 1e3:.1f} ms, {b['tokens_per_second']:.0f} tok/s" for b in s["buckets"]]
+        lines.append(f"| {s['label']} | {s['accuracy']:.3f} | {s['nfe_mean']:.1f} | {s['tokens_per_forward']:.2f} | "
+                     + " | ".join(cells) + " |")
+    summ = report["summary"]
+    lines += ["", f"Batch-1 tokens/s at the longest outputs ({summ['at_list_length']} numbers), this run only:", ""]
+    ar_acc = "n/a" if summ["ar_accuracy"] is None else f"{summ['ar_accuracy']:.3f}"
+    for r in summ["ratios"]:
+        lines.append(f"- {r['label']}: {r['tokens_per_second']:.0f} tok/s = {fmt_ratio(r['vs_vanilla'])} vanilla, "
+                     f"{fmt_ratio(r['vs_ar'])} AR (accuracy {r['accuracy']:.3f} vs AR {ar_acc})")
+    lines += ["", f"Models: {', '.join(f'{k}={v}' for k, v in report['models'].items())}.",
+              "Environment: " + environment_line(report), ""]
+    return "\n".join(lines)
+
+
+def plot(report: Report, path: Path) -> None:
+    """Latency (ms) against mean output length (tokens), one line per setting, accuracy in the label."""
+    # Figure + FigureCanvasAgg rather than pyplot: no global backend switch, no GUI, safe inside other programs.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for s in report["settings"]:
+        xs = [b["output_tokens_mean"] for b in s["buckets"]]
+        ys = [b["latency_s_mean"] * 1e3 for b in s["buckets"]]
+        style = "s--" if s["model"] == "ar" else "o-"
+        ax.plot(xs, ys, style, label=f"{s['label']} (acc {s['accuracy']:.1%})")
+    ax.set_xlabel("output length (tokens, incl. EOS; mean per bucket)")
+    ax.set_ylabel("latency per request (ms, batch 1)")
+    ax.set_title(f"unmask bench: {report['task']['name']}, latency against output length")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    env = report["environment"]
+    fig.text(0.01, 0.005, f"torch {env['torch']}, {env['threads']} threads, "
+             f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY'] or 'unset'}", fontsize=7, color="gray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path)
+
+
+def write_report(report: Report, out_dir: Path) -> None:
+    """bench.json (everything), bench.md (the table and ratios), bench.png (the latency plot)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "bench.md").write_text(markdown(report))
+    plot(report, out_dir / "bench.png")
