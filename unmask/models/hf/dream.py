@@ -1,9 +1,8 @@
 """Dream (`model_type: Dream`): the Qwen2 layout (q/k/v biases); its logits score the next position."""
 from __future__ import annotations
 
-import re
-
 from unmask.config import ModelConfig
+from unmask.models.hf.names import rename
 
 _LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn.wq",
           "self_attn.k_proj": "attn.wk", "self_attn.v_proj": "attn.wv", "self_attn.o_proj": "attn.wo",
@@ -21,10 +20,5 @@ def model_config(raw: dict) -> ModelConfig:
         mask_token_id=raw.get("mask_token_id"), eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"))
 
 
-def our_name(name: str) -> str | None:
-    if name in _TOP:
-        return _TOP[name]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.([\w.]+)\.(weight|bias)", name)
-    if m and m.group(2) in _LAYER:
-        return f"layers.{m.group(1)}.{_LAYER[m.group(2)]}.{m.group(3)}"
-    return name
+def our_name(name: str) -> str:
+    return rename(name, _TOP, r"model\.layers\.(\d+)\.([\w.]+)\.(weight|bias)", _LAYER)

@@ -1,9 +1,8 @@
 """LLaDA (`model_type: llada`): OLMo-style names, separate SwiGLU gate (`ff_proj`) and up projections."""
 from __future__ import annotations
 
-import re
-
 from unmask.config import ModelConfig
+from unmask.models.hf.names import rename
 
 _BLOCK = {"attn_norm": "attn_norm", "ff_norm": "ffn_norm", "q_proj": "attn.wq", "k_proj": "attn.wk",
           "v_proj": "attn.wv", "attn_out": "attn.wo", "ff_proj": "ffn.gate", "up_proj": "ffn.up", "ff_out": "ffn.down"}
@@ -21,10 +20,5 @@ def model_config(raw: dict) -> ModelConfig:
         eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"))
 
 
-def our_name(name: str) -> str | None:
-    if name in _TOP:
-        return _TOP[name]
-    m = re.fullmatch(r"model\.transformer\.blocks\.(\d+)\.(\w+)\.(weight|bias)", name)
-    if m and m.group(2) in _BLOCK:
-        return f"layers.{m.group(1)}.{_BLOCK[m.group(2)]}.{m.group(3)}"
-    return name  # unknown: reported by the loader as having no place in the model
+def our_name(name: str) -> str:
+    return rename(name, _TOP, r"model\.transformer\.blocks\.(\d+)\.(\w+)\.(weight|bias)", _BLOCK)
