@@ -77,3 +77,14 @@ def test_recipes_are_known_and_copies():
     assert RECIPES["tiny-sort-ar"].steps == 20
     with pytest.raises(ValueError, match="known recipes"):
         get_recipe("nope")
+
+
+def test_resume_drops_log_lines_written_after_the_last_checkpoint(tmp_path):
+    """A run killed between checkpoints logged steps it will redo; after resume each step appears once."""
+    cfg = get_recipe("tiny-sort-ar")
+    train(cfg, tmp_path, stop_after=10, progress=False)  # checkpoint at step 10
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # what a killed run would have logged past it
+        f.write(json.dumps({"step": 11, "loss": 99.0, "lr": 0.0}) + "\n")
+    train(cfg, tmp_path, resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, cfg.steps + 1))

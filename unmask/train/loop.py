@@ -110,6 +110,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, prior_seconds = state["step"], state.get("train_seconds", 0.0)
+        if rank == 0:
+            _truncate_log(out, start)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     model.train()
     end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
@@ -160,6 +162,14 @@ def _append_log(out: Path, record: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOG_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(out: Path, step: int) -> None:
+    """Drop records a killed run logged after its last checkpoint: the resumed run logs them again."""
+    path = out / LOG_FILE
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write(path, lambda p: Path(p).write_text("".join(line + "\n" for line in kept)))
 
 
 def save_checkpoint(model: Transformer, opt: torch.optim.Optimizer, tok: CharTokenizer, cfg: TrainConfig, out: Path,
