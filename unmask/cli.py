@@ -90,19 +90,20 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
+    from unmask.evaluation import prompt_for
     from unmask.generation import generate
 
     if not args.prompt:
         raise UserError("the prompt is empty: give --prompt some text")
     model = load(args.model)
     tok = model.tokenizer
+    if tok is None:
+        raise UserError(f"{args.model} has no tokenizer.json, so text prompts cannot be encoded")
     try:
-        ids = tok.encode(args.prompt)
+        ids, default_new = prompt_for(model, args.prompt)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if model.task == "sort":  # task models read their prompt up to the separator
-        ids = ids + [tok.sep_token_id]
-    max_new = args.max_new_tokens or (48 if model.task == "sort" else 64)
+    max_new = args.max_new_tokens or default_new
     out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, **sampling_kwargs(args))
     text = tok.decode(out.sequences[0])
     n = out.n_tokens

@@ -27,6 +27,14 @@ def task_of(model: torch.nn.Module, name: str | None = None):
     return get_task(name, **(options or {}) if name == meta.get("task") else {})
 
 
+def prompt_for(model: torch.nn.Module, text: str) -> tuple[list[int], int]:
+    """Token ids of a user prompt as the model was trained to read it, and its default generation length."""
+    task = task_of(model) if getattr(model, "task", None) else None
+    if isinstance(task, SortTask):
+        return task.prompt_ids(model.tokenizer, text), task.max_window  # the text, then [SEP]
+    return model.tokenizer.encode(text), 64
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts of different lengths as one `# (B, P)` batch, padded on the left, and its validity mask."""
     width = max(len(r) for r in rows)
