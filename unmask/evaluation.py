@@ -76,6 +76,7 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
             "max_new_tokens": max_new_tokens, "outputs": outputs}
 
 
+@torch.no_grad()
 def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, batch_size: int = 16,
                   seq_len: int = 256, **_: Any) -> dict[str, Any]:
     """Held-out loss in nats/token: the diffusion ELBO bound, or the AR negative log-likelihood."""
