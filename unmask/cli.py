@@ -169,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, ValueError, FileNotFoundError) as err:
         print(f"unmask {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader (e.g. `| head`) closed early: not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print(f"unmask {args.command}: interrupted", file=sys.stderr)
         return 130
