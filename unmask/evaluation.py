@@ -18,13 +18,15 @@ def task_of(model: torch.nn.Module, name: str | None = None):
     name = name or meta.get("task")
     if not name:
         raise ValueError("this model names no task; pass --task")
+    if name != meta.get("task"):
+        return get_task(name)  # another task than the model's own: its default options
     options = meta.get("task_options")
-    if options is None and meta.get("recipe"):
+    if options is None and meta.get("recipe"):  # folders saved before task_options was recorded
         from unmask.train.recipes import RECIPES
 
         recipe = RECIPES.get(meta["recipe"])
-        options = recipe.task_options if recipe and recipe.task == name else {}
-    return get_task(name, **(options or {}) if name == meta.get("task") else {})
+        options = recipe.task_options if recipe else {}
+    return get_task(name, **(options or {}))
 
 
 def prompt_for(model: torch.nn.Module, text: str) -> tuple[list[int], int]:

@@ -5,6 +5,7 @@ a pure function of (seed, step, rank), so a resumed run replays exactly what a s
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -153,8 +154,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
 
 
 def hash_seed(text: str) -> int:
-    import hashlib
-
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
