@@ -18,10 +18,18 @@ class UserError(Exception):
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
-    p.add_argument("--strategy", help="low_confidence | random | ar (default: the model's default)")
+    p.add_argument("--strategy", help="low_confidence | random | threshold | factor | ar (default: the model's default)")
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate (eval: default is the task's window)")
     p.add_argument("--block-size", type=int, help="semi-autoregressive block length (default 32)")
     p.add_argument("--steps", type=int, help="denoising steps over all blocks (default: one token per step)")
+    p.add_argument("--threshold", type=float, help="threshold rule: commit every position at least this sure (0.9)")
+    p.add_argument("--factor", type=float, help="factor rule: Fast-dLLM's f (1.0)")
+    p.add_argument("--confidence", choices=("prob", "margin", "entropy"), help="how threshold/factor/low_confidence score")
+    p.add_argument("--cache", choices=("none", "prefix", "dual", "delayed"), help="approximate KV cache (diffusion)")
+    p.add_argument("--refresh-every", type=int, help="recompute everything every K steps (with --cache)")
+    p.add_argument("--early-commit", nargs="?", const="7.5,5,2.5", metavar="GAPS",
+                   help="Prophet: commit all remaining masks once the top1-top2 logit gap clears GAPS (three, "
+                        "one per third of the answer; default 7.5,5,2.5)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, help="ar only: sample from the k likeliest tokens")
     p.add_argument("--top-p", type=float, help="ar only: nucleus sampling mass")
@@ -64,9 +72,19 @@ def load(name: str):
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw = {"strategy": args.strategy, "block_size": args.block_size, "steps": args.steps,
-          "temperature": args.temperature, "seed": args.seed, "top_k": args.top_k, "top_p": args.top_p}
-    for key in ("block_size", "steps", "top_k"):
+    strategy = args.strategy
+    if strategy is None and (args.threshold is not None or args.factor is not None):
+        strategy = "threshold" if args.threshold is not None else "factor"  # the flag names its rule
+    kw = {"strategy": strategy, "block_size": args.block_size, "steps": args.steps,
+          "temperature": args.temperature, "seed": args.seed, "top_k": args.top_k, "top_p": args.top_p,
+          "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
+          "cache": None if args.cache == "none" else args.cache, "refresh_every": args.refresh_every}
+    if args.early_commit is not None:
+        try:
+            kw["early_commit"] = tuple(float(g) for g in args.early_commit.split(","))
+        except ValueError:
+            raise UserError(f"--early-commit takes three numbers like 7.5,5,2.5, not {args.early_commit!r}") from None
+    for key in ("block_size", "steps", "top_k", "refresh_every"):
         if kw[key] is not None and kw[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, not {kw[key]}")
     if args.temperature < 0:

@@ -6,6 +6,8 @@ from typing import Any
 import torch
 
 from unmask.decode.autoregressive import autoregress
+from unmask.decode.cache_policy import make_cache
+from unmask.decode.early_commit import EarlyCommit
 from unmask.decode.loop import denoise
 from unmask.decode.registry import AR_STRATEGY, make_strategy
 from unmask.decode.result import GenerationResult
@@ -21,7 +23,8 @@ def default_strategy(model: torch.nn.Module) -> str:
 def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str | None = None,
              max_new_tokens: int = 64, block_size: int | None = None, steps: int | None = None,
              temperature: float = 0.0, stop_at_eos: bool = True, seed: int | None = None,
-             prompt_mask: torch.Tensor | None = None, **strategy_params: Any) -> GenerationResult:
+             prompt_mask: torch.Tensor | None = None, cache: str | None = None, refresh_every: int | None = None,
+             early_commit: bool | tuple[float, float, float] = False, **strategy_params: Any) -> GenerationResult:
     """Generate up to `max_new_tokens` after each row of `prompt_ids` `# (B, P)`.
 
     strategy: a diffusion step rule ("low_confidence", "random", ...) or "ar" for causal models;
@@ -29,11 +32,18 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
         whole span if shorter). steps: denoising steps over the whole span (None: one token per step).
     prompt_mask: `# (B, P)` bool, False on left padding. stop_at_eos: cut each row at its first EOS
         and skip blocks once every row has ended. seed: for sampling (temperature > 0, random).
+    cache: "prefix", "dual" or "delayed" approximate caches (None: recompute everything each step);
+        refresh_every: a full recompute every k steps. early_commit: Prophet's commit-all-at-once
+        (True for the published logit-gap thresholds, or your own three, one per third of the answer).
+    strategy_params: the rule's own options, e.g. threshold=0.9, factor=1.0, confidence="margin".
     """
     strategy = strategy or default_strategy(model)
     check_request(model, prompt_ids, max_new_tokens, strategy)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     if strategy == AR_STRATEGY:
+        if cache is not None or refresh_every is not None or early_commit:
+            raise ValueError("cache, refresh_every and early_commit are diffusion options; "
+                             "strategy 'ar' always decodes with its exact KV cache")
         unknown = sorted(set(strategy_params) - set(AR_ONLY_PARAMS) - {"use_cache"})
         if unknown:
             raise ValueError(f"strategy 'ar' does not take {', '.join(unknown)}")
@@ -42,7 +52,16 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
     rule = make_strategy(strategy, **strategy_params)
     block = min(block_size or DEFAULT_BLOCK_SIZE, max_new_tokens)
     return denoise(model, prompt_ids, rule, gen_length=max_new_tokens, block_size=block, steps=steps,
-                   temperature=temperature, stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator)
+                   temperature=temperature, stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator,
+                   cache=make_cache(cache, refresh_every), early_commit=early_commit_rule(early_commit))
+
+
+def early_commit_rule(option: bool | tuple[float, float, float]) -> EarlyCommit | None:
+    if option is True:
+        return EarlyCommit()
+    if option is False or option is None:
+        return None
+    return EarlyCommit(tuple(float(g) for g in option))
 
 
 def check_request(model: torch.nn.Module, prompt_ids: torch.Tensor, max_new_tokens: int, strategy: str) -> None:

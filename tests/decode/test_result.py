@@ -99,3 +99,18 @@ def test_ar_stops_early_when_every_row_ended():
     out = unmask.generate(model, random_prompt(4, seed=5, batch=2), strategy="ar", max_new_tokens=12)
     assert out.lengths == [2, 4] and out.finished == [True, True]
     assert out.nfe == 5  # prefill + 4 single-token steps; the 5th token (row 1's EOS) needs no forward after it
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_an_ended_row_costs_its_batch_nothing(cache):
+    """A row past its EOS gets EOS in later blocks without decoding them: the batch takes the steps
+    the live row alone would, and each row's text is what it would be decoded alone."""
+    model = EosAt("diffusion", {0: 4 + 2})
+    prompt = random_prompt(4, seed=7, batch=2)
+    kw = dict(strategy="threshold", threshold=0.3, max_new_tokens=16, block_size=4, cache=cache)
+    both = unmask.generate(model, prompt, **kw)
+    assert both.lengths[0] == 2 and both.finished[0]
+    solo = [unmask.generate(model, prompt[:1], **kw), unmask.generate(EosAt("diffusion", {}), prompt[1:], **kw)]
+    assert both.token_ids[0, :2].tolist() == solo[0].token_ids[0].tolist()
+    assert both.token_ids[1, :both.lengths[1]].tolist() == solo[1].token_ids[0].tolist()
+    assert both.steps_per_block[1:] == solo[1].steps_per_block[1:]

@@ -125,3 +125,12 @@ def test_mdm_elbo_is_deterministic():
     batch = hand_batch()
     model = FixedLogits(torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(4)))
     assert mdm_elbo(model, batch, MASK, seed=1) == mdm_elbo(model, batch, MASK, seed=1)
+
+
+def test_low_discrepancy_noise_levels_cover_every_stratum():
+    """Each row's t falls in its own 1/B stratum (after the shared offset), so a batch never bunches."""
+    from unmask.train.objectives import low_discrepancy_uniform
+    t = low_discrepancy_uniform(8, torch.Generator().manual_seed(0)).squeeze(1)
+    assert t.shape == (8,) and bool(((t >= 0) & (t < 1)).all())
+    strata = sorted(int(v * 8) for v in t)
+    assert strata == list(range(8))

@@ -1,4 +1,7 @@
-"""`unmask bench`: the AR twin against the masked-diffusion model on `sort`, in one process.
+"""`unmask bench`: the AR twin against every diffusion decoding setting, in one process.
+
+Sort: held-out accuracy and batch-1 latency by answer length. Text (Shakespeare, `bench.text`):
+batch-1 speed at 64/128/256 new tokens, the samples scored by the AR twin.
 
 Every figure comes from one run on one machine, through the calls users make
 (`evaluate_sort` for accuracy, `unmask.generate` for latency), so the ratios in the
@@ -11,51 +14,21 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from unmask.bench.settings import BLOCK_SIZE, Setting, make_settings
 from unmask.data.sort import Example, SortTask
 from unmask.evaluation import evaluate_sort, task_of
 from unmask.generation import generate
 from unmask.models.checkpoints import load_model
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
-BLOCK_SIZE = 16
-STEPS_PER_BLOCK = (8, 4, 2)  # fewer denoising steps per 16-token block: 2, 4 and 8 tokens per forward
 EVAL_BATCH = 32
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One row of the report: which model, which decoding rule, how many steps."""
-
-    key: str
-    label: str
-    model: str  # "ar" or "diffusion": a key of the models mapping
-    strategy: str
-    block_size: int | None = None
-    steps: int | None = None  # over the whole window, as `generate` takes it; None = one token per step
-
-    def gen_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"strategy": self.strategy}
-        if self.model == "diffusion":  # `generate` ignores these for AR; leaving them out keeps that explicit
-            kw.update(block_size=self.block_size, steps=self.steps)
-        return kw
-
-
-def make_settings(window: int) -> list[Setting]:
-    """AR, vanilla diffusion, then fewer steps per block; steps derive from the task's window, not constants."""
-    n_blocks = -(-window // BLOCK_SIZE)
-    rows = [Setting("ar", "AR greedy (KV cache)", "ar", "ar"),
-            Setting("vanilla", "diffusion low_confidence vanilla (1 token/step)", "diffusion", "low_confidence",
-                    BLOCK_SIZE, None)]
-    rows += [Setting(f"spb{k}", f"diffusion low_confidence {k} steps/block", "diffusion", "low_confidence",
-                     BLOCK_SIZE, k * n_blocks) for k in STEPS_PER_BLOCK]
-    return rows
 
 
 def list_length(ex: Example) -> int:
@@ -160,10 +133,11 @@ def check_same_task(tasks: dict[str, SortTask]) -> SortTask:
     return first
 
 
-def run_bench(*, quick: bool, out_dir: Path, progress: bool = True,
-              models: dict[str, str] | None = None) -> dict[str, Any]:
+def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict[str, str] | None = None,
+              text_models: dict[str, str] | None = None, with_text: bool = True) -> dict[str, Any]:
     """Measure every setting, write bench.json / bench.md / bench.png into `out_dir`, return the JSON dict."""
     from unmask.bench.report import markdown, summarise, write_report
+    from unmask.bench.text import run_text
 
     t_start = time.perf_counter()
     names = {**DEFAULT_MODELS, **(models or {})}
@@ -174,9 +148,9 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True,
               "(set OMP_WAIT_POLICY=PASSIVE before starting Python)", file=sys.stderr)
     loaded = {role: load_model(path) for role, path in names.items()}
     task = check_same_task({role: task_of(m) for role, m in loaded.items()})
-    limit, k = (100, 3) if quick else (500, 10)
+    limit, k = (100, 3) if quick else (1000, 10)
     buckets = length_buckets(task, k)
-    settings = make_settings(task.max_window)
+    settings = make_settings(quick)
 
     results = []
     bar = tqdm(settings, desc="accuracy", disable=not progress, file=sys.stderr)
@@ -196,6 +170,8 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True,
                            "warmup_calls_per_setting": 1, "order": "settings interleaved per example, start rotated",
                            "timer": "time.perf_counter around unmask.generate"},
               "settings": results, "summary": summarise(results)}
+    if with_text:
+        report["text"] = run_text(settings, quick=quick, progress=progress, models=text_models)
     report["wall_seconds"] = time.perf_counter() - t_start
     write_report(report, Path(out_dir))
     if progress:

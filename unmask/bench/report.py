@@ -19,7 +19,8 @@ def longest_bucket(setting: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarise(settings: list[dict[str, Any]]) -> dict[str, Any]:
-    """Speed ratios from this run only: each diffusion setting's batch-1 tokens/s over vanilla's and AR's."""
+    """Ratios from this run only, at the longest answers: each diffusion setting against vanilla and AR,
+    the fastest setting that keeps vanilla's accuracy (within one point), and early commit's saving."""
     by_key = {s["key"]: s for s in settings}
     ar, vanilla = by_key.get("ar"), by_key.get("vanilla")
     base_ar = longest_bucket(ar)["tokens_per_second"] if ar else None
@@ -35,11 +36,20 @@ def summarise(settings: list[dict[str, Any]]) -> dict[str, Any]:
         b = longest_bucket(s)
         tps = b["tokens_per_second"]
         rows.append({"key": s["key"], "label": s["label"], "accuracy": s["accuracy"], "tokens_per_second": tps,
-                     "latency_s_mean": b["latency_s_mean"], "vs_vanilla": ratio(tps, base_vanilla),
-                     "vs_ar": ratio(tps, base_ar)})
+                     "latency_s_mean": b["latency_s_mean"], "nfe_mean": b["nfe_mean"],
+                     "vs_vanilla": ratio(tps, base_vanilla), "vs_ar": ratio(tps, base_ar)})
+    keeps = [r for r in rows if r["key"] != "vanilla" and vanilla and r["accuracy"] >= vanilla["accuracy"] - 0.01]
+    best = max(keeps, key=lambda r: r["tokens_per_second"], default=None)
+    early = []
+    for key, plain in (("vanilla+ec", "vanilla"), ("threshold+dual+ec", "threshold+dual")):
+        if key in by_key and plain in by_key:
+            early.append({"with": key, "without": plain,
+                          "fewer_forwards": ratio(by_key[plain]["nfe_mean"], by_key[key]["nfe_mean"]),
+                          "accuracy_change": by_key[key]["accuracy"] - by_key[plain]["accuracy"]})
     return {"at_list_length": longest_bucket(settings[0])["list_length"] if settings else None,
             "ar_tokens_per_second": base_ar, "ar_accuracy": ar["accuracy"] if ar else None,
-            "vanilla_tokens_per_second": base_vanilla, "ratios": rows}
+            "vanilla_tokens_per_second": base_vanilla, "vanilla_accuracy": vanilla["accuracy"] if vanilla else None,
+            "best_keeping_accuracy": best, "early_commit": early, "ratios": rows}
 
 
 def bucket_headers(report: Report) -> list[str]:
@@ -79,9 +89,34 @@ def markdown(report: Report) -> str:
     for r in summ["ratios"]:
         lines.append(f"- {r['label']}: {r['tokens_per_second']:.0f} tok/s = {fmt_ratio(r['vs_vanilla'])} vanilla, "
                      f"{fmt_ratio(r['vs_ar'])} AR (accuracy {r['accuracy']:.3f} vs AR {ar_acc})")
+    best = summ.get("best_keeping_accuracy")
+    if best:
+        lines += ["", f"Fastest setting within one point of vanilla's accuracy: **{best['label']}**, "
+                      f"{fmt_ratio(best['vs_vanilla'])} vanilla and {fmt_ratio(best['vs_ar'])} AR "
+                      f"(accuracy {best['accuracy']:.3f}; vanilla {summ['vanilla_accuracy']:.3f}, AR {ar_acc})."]
+    for e in summ.get("early_commit", []):
+        lines.append(f"Early commit on {e['without']}: {fmt_ratio(e['fewer_forwards'])} fewer forwards "
+                     f"(batch-32 NFE), accuracy change {e['accuracy_change'] * 100:+.1f} points.")
+    if report.get("text"):
+        lines += ["", *text_markdown(report["text"])]
     lines += ["", f"Models: {', '.join(f'{k}={v}' for k, v in report['models'].items())}.",
               "Environment: " + environment_line(report), ""]
     return "\n".join(lines)
+
+
+def text_markdown(text: dict[str, Any]) -> list[str]:
+    heads = [f"{n} new tokens" for n in text["gen_lengths"]]
+    lines = [f"### Text: batch-1 speed on Shakespeare ({text['prompts']} held-out prompts of {text['prompt_chars']} "
+             f"chars; NLL = {text['judge']}'s nats/char on the sample; distinct = distinct chars per sample)", "",
+             "| Setting | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for s in text["settings"]:
+        cells = []
+        for c in s["lengths"]:
+            nll = "n/a" if c["judge_nll"] is None else f"{c['judge_nll']:.2f}"
+            cells.append(f"{c['tokens_per_second']:.0f} tok/s, NFE {c['nfe_mean']:.0f}, NLL {nll}, "
+                         f"distinct {c['distinct_chars_mean']:.0f}")
+        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(report: Report, path: Path) -> None:
@@ -90,9 +125,10 @@ def plot(report: Report, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5), dpi=120)
+    text = report.get("text")
+    fig = Figure(figsize=(14 if text else 8, 6), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(1, 2 if text else 1, 1)
     for s in report["settings"]:
         xs = [b["output_tokens_mean"] for b in s["buckets"]]
         ys = [b["latency_s_mean"] * 1e3 for b in s["buckets"]]
@@ -103,7 +139,18 @@ def plot(report: Report, path: Path) -> None:
     ax.set_title(f"unmask bench: {report['task']['name']}, latency against output length")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    if text:
+        tx = fig.add_subplot(1, 2, 2)
+        for s in text["settings"]:
+            tx.plot([c["new_tokens"] for c in s["lengths"]], [c["latency_s_mean"] * 1e3 for c in s["lengths"]],
+                    "s--" if s["model"] == "ar" else "o-", label=s["label"])
+        tx.set_xlabel("new tokens requested")
+        tx.set_ylabel("latency per request (ms, batch 1)")
+        tx.set_title("Shakespeare: latency against output length")
+        tx.set_ylim(bottom=0)
+        tx.grid(alpha=0.3)
+        tx.legend(fontsize=7)
     env = report["environment"]
     fig.text(0.01, 0.005, f"torch {env['torch']}, {env['threads']} threads, "
              f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY'] or 'unset'}", fontsize=7, color="gray")

@@ -5,12 +5,16 @@ import inspect
 from typing import Any
 
 from unmask.decode.strategies.base import Strategy
+from unmask.decode.strategies.factor import Factor
 from unmask.decode.strategies.low_confidence import LowConfidence
 from unmask.decode.strategies.random_remask import RandomRemask
+from unmask.decode.strategies.threshold import Threshold
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "low_confidence": LowConfidence,
     "random": RandomRemask,
+    "threshold": Threshold,
+    "factor": Factor,
 }
 AR_STRATEGY = "ar"  # left-to-right decoding of causal models (unmask.decode.autoregressive)
 

@@ -4,6 +4,8 @@ Slot i holds the keys and values of the token at sequence index i, so one object
 serves AR decoding (append one slot per step), prefix/dual caches (rewrite the slots
 of the block being denoised) and exact block caches (commit a block's slots once).
 `length` is the extent of filled slots: attention reads slots [0, length).
+Writes go to a contiguous run of slots (`start` an int) or to any set of slots
+(`start` a 1-D LongTensor, shared by the batch): delayed caches refresh scattered positions.
 """
 from __future__ import annotations
 
@@ -31,20 +33,31 @@ class KVCache:
         if start < 0 or start + n > self.max_len:
             raise ValueError(f"cache holds {self.max_len} slots; cannot write slots {start}..{start + n - 1}")
 
-    def write_meta(self, start: int, positions: torch.Tensor, valid: torch.Tensor) -> int:
-        """Record positions/validity of slots [start, start+n); return the extent attention reads."""
+    def write_meta(self, start: int | torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> int:
+        """Record positions/validity of the written slots; return the extent attention reads."""
         n = positions.shape[1]
+        if isinstance(start, torch.Tensor):
+            if start.shape != (n,):
+                raise ValueError(f"{n} tokens need {n} slots, got slots of shape {tuple(start.shape)}")
+            self.check_room(int(start.min()), int(start.max()) - int(start.min()) + 1)
+            self.positions[:, start] = positions
+            self.valid[:, start] = valid
+            return max(self.length, int(start.max()) + 1)
         self.check_room(start, n)
         self.positions[:, start:start + n] = positions
         self.valid[:, start:start + n] = valid
         return max(self.length, start + n)
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, extent: int
+    def update(self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor, extent: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v `# (B, Hkv, n, D)` into slots [start, start+n); return slots [0, extent)."""
-        n = k.shape[2]
-        self.k[layer, :, :, start:start + n] = k
-        self.v[layer, :, :, start:start + n] = v
+        """Write k, v `# (B, Hkv, n, D)` into their slots; return slots [0, extent)."""
+        if isinstance(start, torch.Tensor):
+            self.k[layer][:, :, start] = k
+            self.v[layer][:, :, start] = v
+        else:
+            n = k.shape[2]
+            self.k[layer, :, :, start:start + n] = k
+            self.v[layer, :, :, start:start + n] = v
         return self.k[layer, :, :, :extent], self.v[layer, :, :, :extent]
 
     def trim(self, length: int) -> None:

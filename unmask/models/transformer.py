@@ -58,7 +58,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, positions: torch.Tensor,
-                mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int, extent: int
+                mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int | torch.Tensor, extent: int
                 ) -> torch.Tensor:
         B, L, _ = x.shape
         q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
@@ -94,7 +94,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, positions: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int, start: int, extent: int) -> torch.Tensor:
+                cache: KVCache | None, layer: int, start: int | torch.Tensor, extent: int) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), rope, positions, mask, cache, layer, start, extent)
         return x + self.ffn(self.ffn_norm(x))
 
@@ -153,30 +153,34 @@ class Transformer(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
-                valid: torch.Tensor | None = None, cache: KVCache | None = None, start: int = 0,
+                valid: torch.Tensor | None = None, cache: KVCache | None = None, start: int | torch.Tensor = 0,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits `# (B, L, V)` for `input_ids` `# (B, L)`.
 
         positions: RoPE positions `# (B, L)`; default start..start+L-1.
         valid: False for padding tokens `# (B, L)`; they are never attended to.
         cache: a KVCache; the tokens are written to slots [start, start+L) and attend to
-            every filled slot under the model's attention rule.
+            every filled slot under the model's attention rule. start may instead be a LongTensor
+            `# (L,)` naming each token's slot (scattered writes); positions are then required.
         attn_mask: an explicit boolean mask `# (B, 1, L, Lk)` that replaces the rule (training tricks).
         """
         B, L = input_ids.shape
         cfg = self.config
+        scattered = isinstance(start, torch.Tensor)
         if positions is None:
+            if scattered:
+                raise ValueError("tokens written to scattered cache slots need explicit positions")
             positions = torch.arange(start, start + L, device=input_ids.device).expand(B, L)
         if int(positions.max()) >= cfg.max_seq_len:
             raise ValueError(f"position {int(positions.max())} is beyond this model's context of {cfg.max_seq_len}")
-        extent = start + L
+        extent = int(start.max()) + 1 if scattered else start + L
         k_pos, k_valid, q_slot, k_slot = positions, valid, None, None
         if cache is not None:
             if valid is None:
                 valid = torch.ones(B, L, dtype=torch.bool, device=input_ids.device)
             extent = cache.write_meta(start, positions, valid)
             k_pos, k_valid = cache.positions[:, :extent], cache.valid[:, :extent]
-            q_slot = torch.arange(start, start + L, device=input_ids.device)
+            q_slot = start if scattered else torch.arange(start, start + L, device=input_ids.device)
             k_slot = torch.arange(extent, device=input_ids.device)
         mask = attn_mask
         if mask is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from unmask.decode.sampling import token_probability
+from unmask.decode.confidence import get_measure
 
 
 class Strategy:
@@ -15,12 +15,15 @@ class Strategy:
 
     name = "base"
 
+    def __init__(self, confidence: str = "prob") -> None:
+        self.measure = get_measure(confidence)
+
     def begin_block(self, masked: torch.Tensor, steps: int) -> None:
         """masked `# (B, Lb)`: the block's masked positions before its first step; steps: its step budget."""
 
     def confidence(self, logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Score of each proposal `# (B, Lb)`; default: its probability (float64, as LLaDA)."""
-        return token_probability(logits, x0)
+        """Score of each proposal `# (B, Lb)` by the chosen measure (default: its probability, as LLaDA)."""
+        return self.measure(logits, x0)
 
     def select(self, step: int, confidence: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Positions to commit `# (B, Lb)` bool; confidence is -inf where not masked."""
@@ -36,3 +39,9 @@ def top_k_per_row(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     idx = torch.topk(confidence, k_max, dim=-1).indices  # (B, k_max)
     keep = torch.arange(k_max)[None, :] < k[:, None]
     return chosen.scatter(-1, idx, keep)
+
+
+def at_least_one(chosen: torch.Tensor, confidence: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """`chosen`, plus each row's most confident masked position where a row with masks chose none."""
+    starved = masked.any(dim=-1) & ~chosen.any(dim=-1)  # (B,)
+    return chosen | top_k_per_row(confidence, starved.long())

@@ -1,0 +1,48 @@
+"""The decoding settings `unmask bench` compares: the AR twin, vanilla diffusion, and the fast variants.
+
+Each is the exact keyword set a user passes to `unmask.generate` (or the matching CLI flags),
+so a row of the report is reproducible with one call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TAU, FACTOR = 0.9, 1.0  # Fast-dLLM's published defaults: the benchmark does not tune them
+BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the report: which model ("ar" or "diffusion" role) and the `generate` options."""
+
+    key: str
+    label: str
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def gen_kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+def diffusion(key: str, label: str, **options: Any) -> Setting:
+    return Setting(key, label, "diffusion", {"block_size": BLOCK_SIZE, **options})
+
+
+def make_settings(quick: bool = False) -> list[Setting]:
+    """AR; vanilla; each parallel rule without and with each cache; early commit on top of two of them."""
+    th = {"strategy": "threshold", "threshold": TAU}
+    rows = [Setting("ar", "AR greedy (KV cache)", "ar", {"strategy": "ar"}),
+            diffusion("vanilla", "low_confidence, 1 token/step (vanilla)", strategy="low_confidence"),
+            diffusion("vanilla+ec", "low_confidence + early commit", strategy="low_confidence", early_commit=True),
+            diffusion("threshold", f"threshold {TAU}", **th)]
+    rows += [diffusion(f"threshold+{c}", f"threshold {TAU} + {c} cache", cache=c, **th)
+             for c in ("prefix", "dual", "delayed")]
+    rows += [diffusion("factor", f"factor {FACTOR}", strategy="factor", factor=FACTOR),
+             diffusion("factor+dual", f"factor {FACTOR} + dual cache", strategy="factor", factor=FACTOR, cache="dual"),
+             diffusion("threshold+dual+ec", f"threshold {TAU} + dual cache + early commit", cache="dual",
+                       early_commit=True, **th)]
+    if not quick:
+        rows += [diffusion(f"threshold-{m}+dual", f"threshold {TAU} ({m}) + dual cache", cache="dual",
+                           confidence=m, **th) for m in ("margin", "entropy")]
+    return rows
