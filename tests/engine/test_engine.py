@@ -1,0 +1,111 @@
+"""The engine with a model: batched requests at different stages equal `generate` alone; slots free up."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import unmask
+from conftest import random_model, random_prompt
+from unmask.engine.engine import Engine
+from unmask.engine.request import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def mdm():
+    return random_model("diffusion", seed=2)
+
+
+@pytest.fixture(scope="module")
+def ar():
+    return random_model("ar", seed=2)
+
+
+def alone(model, prompt, params):
+    kw = dict(strategy=params.strategy, block_size=params.block_size, steps=params.steps,
+              temperature=params.temperature, seed=params.seed, stop_at_eos=params.stop_at_eos, **params.options)
+    return unmask.generate(model, torch.tensor([prompt]), max_new_tokens=params.max_new_tokens, **kw).sequences[0]
+
+
+def test_mixed_rules_and_stages_step_together_and_match_generate(mdm):
+    eng = Engine(mdm, max_running=3)
+    jobs = [(random_prompt(n, seed=n)[0].tolist(), p) for n, p in [
+        (5, SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=8)),
+        (9, SamplingParams(max_new_tokens=12, strategy="threshold", block_size=4, options={"threshold": 0.2})),
+        (3, SamplingParams(max_new_tokens=8, strategy="factor", options={"factor": 2.0})),
+        (7, SamplingParams(max_new_tokens=16, strategy="random", block_size=16, seed=3)),
+        (4, SamplingParams(max_new_tokens=10, strategy="low_confidence", steps=5, temperature=1.0, seed=9))]]
+    reqs = [eng.add_request(p, params) for p, params in jobs]
+    most = 0
+    while eng.has_work():
+        eng.step()
+        most = max(most, eng.running)
+    assert most == 3  # the cap held, and requests joined as others left
+    for r, (p, params) in zip(reqs, jobs):
+        assert r.finished and r.finish_reason in ("stop", "length")
+        assert r.output_ids == alone(mdm, p, params), r.request_id
+
+
+def test_ar_rows_with_their_own_caches_match_generate(ar):
+    eng = Engine(ar, max_running=4)
+    prompts = [random_prompt(n, seed=20 + n)[0].tolist() for n in (3, 8, 5, 6, 2)]
+    params = SamplingParams(max_new_tokens=9)
+    for r, p in zip(eng.generate(prompts, params), prompts):
+        assert r.output_ids == alone(ar, p, SamplingParams(max_new_tokens=9, strategy="ar"))
+
+
+def test_streamed_pieces_are_in_order_and_add_up(mdm):
+    eng = Engine(mdm)
+    p = random_prompt(6, seed=1)[0].tolist()
+    params = SamplingParams(max_new_tokens=16, strategy="threshold", block_size=8, options={"threshold": 0.3})
+    r = eng.add_request(p, params)
+    pieces = []
+    while eng.has_work():
+        pieces += [o.new_token_ids for o in eng.step()]
+    assert sum(pieces, []) == r.output_ids == alone(mdm, p, params)
+
+
+def test_cancel_frees_the_slot_for_the_next_request(mdm):
+    eng = Engine(mdm, max_running=1)
+    params = SamplingParams(max_new_tokens=16, block_size=16)
+    a = eng.add_request(random_prompt(4, seed=1)[0].tolist(), params)
+    b = eng.add_request(random_prompt(4, seed=2)[0].tolist(), params)
+    eng.step()
+    eng.cancel(a.request_id)
+    assert a.finish_reason == "cancelled" and a.request_id not in eng.runner.rows
+    eng.step()
+    assert eng.running == 1 and b.nfe == 1
+    while eng.has_work():
+        eng.step()
+    assert b.finish_reason in ("stop", "length") and eng.stats.requests_cancelled == 1
+
+
+def test_a_failing_request_fails_alone(mdm, monkeypatch):
+    eng = Engine(mdm)
+    params = SamplingParams(max_new_tokens=8, block_size=8)
+    good = eng.add_request(random_prompt(4, seed=1)[0].tolist(), params)
+    bad = eng.add_request(random_prompt(5, seed=2)[0].tolist(), params)
+    real = eng.runner.step_diffusion
+
+    def flaky(requests):
+        if any(r is bad for r in requests):
+            raise RuntimeError("boom")
+        return real(requests)
+
+    monkeypatch.setattr(eng.runner, "step_diffusion", flaky)
+    while eng.has_work():
+        eng.step()
+    assert bad.finish_reason == "error" and "boom" in bad.error
+    assert good.finish_reason in ("stop", "length") and len(good.output_ids) > 0
+
+
+def test_bad_requests_are_refused_before_they_wait(mdm):
+    eng = Engine(mdm, max_tokens=64)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        eng.add_request([5, 6], SamplingParams(strategy="nope"))
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        eng.add_request([5, 6], SamplingParams(max_new_tokens=0))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        eng.add_request([], SamplingParams())
+    with pytest.raises(ValueError, match="token slots"):
+        eng.add_request([5] * 10, SamplingParams(max_new_tokens=60))
+    assert not eng.has_work() and not eng.runner.rows
