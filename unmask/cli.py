@@ -59,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small run (under 2 minutes)")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
+    p.add_argument("--model", required=True, help="bundled model name or a model folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-running", type=int, default=32, help="requests decoded together at most")
+    p.add_argument("--max-tokens", type=int, default=16384, help="token slots (prompt + max_tokens) in flight at most")
     return ap
 
 
@@ -177,7 +183,27 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(json.dumps(report))
 
 
-COMMANDS = {"models": cmd_models, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench}
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from unmask.server.app import create_app
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, not {args.port}")
+    if args.max_running < 1 or args.max_tokens < 1:
+        raise UserError("--max-running and --max-tokens must be at least 1")
+    model = load(args.model)
+    if model.tokenizer is None:
+        raise UserError(f"{args.model} has no tokenizer.json, so it cannot serve text")
+    name = Path(args.model).name if Path(args.model).exists() else args.model
+    app = create_app(model, name, max_running=args.max_running, max_tokens=args.max_tokens)
+    # SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish for up to 10 s, then the
+    # app's shutdown cancels whatever is left and stops the engine thread.
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=10, log_level="info")
+
+
+COMMANDS = {"models": cmd_models, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench,
+            "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,101 @@
+"""Request -> engine -> (streamed) response. One background thread drives the engine; each request
+waits on its own asyncio queue, fed from that thread, so the event loop never runs a forward pass.
+
+Streaming emits each step's newly final tokens: for diffusion the longest prefix of the answer that
+is fully committed (tokens are committed out of order within a block; nothing is sent until
+everything before it is final), for AR every token. Text is decoded from the token prefix each time
+and the new suffix sent, so multi-byte tokens never split.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from unmask.engine.engine import Engine
+from unmask.engine.request import Request, RequestOutput, SamplingParams
+from unmask.server.metrics import Metrics
+
+
+@dataclass
+class Subscription:
+    request: Request
+    queue: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.metrics = metrics or Metrics()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.subs: dict[str, Subscription] = {}
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.loop, name="unmask-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Cancel whatever is still in flight and stop the engine thread."""
+        self.stopping.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        with self.lock:
+            for rid in list(self.subs):
+                self.engine.cancel(rid)
+                self.deliver(RequestOutput(rid, [], True, "cancelled"))
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                busy = self.engine.has_work()
+                outs = self.engine.step() if busy else []
+                for out in outs:
+                    self.deliver(out)
+                self.metrics.observe_engine(self.engine)
+            if not busy:
+                self.wake.wait(timeout=0.5)
+                self.wake.clear()
+
+    def deliver(self, out: RequestOutput) -> None:
+        sub = self.subs.get(out.request_id)
+        if sub is None:
+            return
+        if out.finished:
+            del self.subs[out.request_id]
+            self.metrics.observe_request(sub.request)
+        sub.loop.call_soon_threadsafe(sub.queue.put_nowait, out)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Subscription:
+        """Queue a request (ValueError if it cannot run) and subscribe to its outputs."""
+        if self.stopping.is_set():
+            raise RuntimeError("the server is shutting down")
+        with self.lock:
+            req = self.engine.add_request(prompt_ids, params)
+            sub = Subscription(req, asyncio.Queue(), asyncio.get_running_loop())
+            self.subs[req.request_id] = sub
+        self.wake.set()
+        return sub
+
+    def cancel(self, request_id: str) -> None:
+        with self.lock:
+            if self.subs.pop(request_id, None) is not None:
+                self.engine.cancel(request_id)
+                self.metrics.requests.labels(outcome="cancelled").inc()
+
+    async def outputs(self, sub: Subscription) -> AsyncIterator[RequestOutput]:
+        """Each step's news until the request ends; leaving early (client gone) cancels it."""
+        done = False
+        try:
+            while not done:
+                out = await sub.queue.get()
+                done = out.finished
+                yield out
+        finally:
+            if not done:
+                self.cancel(sub.request.request_id)
