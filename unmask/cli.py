@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="AR against diffusion: latency, speed and accuracy in one run")
     p.add_argument("--quick", action="store_true", help="a small run (under 2 minutes)")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
+    p.add_argument("--serve", action="store_true",
+                   help="load test instead: concurrent streaming clients against `unmask serve` (serve.json/md/png)")
+    p.add_argument("--seconds", type=float, help="--serve: seconds per concurrency level (default 20; --quick 5)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
@@ -178,6 +181,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from unmask.bench.harness import run_bench
 
+    if args.serve:
+        from unmask.bench.serving import run_serve_bench
+        from unmask.bench.serving_report import serve_markdown
+
+        if args.seconds is not None and args.seconds <= 0:
+            raise UserError(f"--seconds must be above 0, not {args.seconds}")
+        report = run_serve_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json, seconds=args.seconds)
+        print(json.dumps(report) if args.json else serve_markdown(report))
+        return
     report = run_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json)
     if args.json:
         print(json.dumps(report))

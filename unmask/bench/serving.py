@@ -1,0 +1,149 @@
+"""`unmask bench --serve`: concurrent streaming clients against a real `unmask serve` process.
+
+For the diffusion model and its AR twin in turn, the same closed-loop load: C clients, each sending
+held-out sort prompts one after another for a fixed time, streaming the answer. Reported per model and
+concurrency: throughput (completion tokens/s over the window), time to first token and latency p50/p99,
+and failed requests. Both models are served by the same engine, so the ratio is engine-for-engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from unmask.bench.settings import BLOCK_SIZE, TAU
+from unmask.evaluation import task_of
+from unmask.models.checkpoints import load_model
+
+CONCURRENCY = (1, 4, 16, 32)
+SERVE_MODELS = {"diffusion": "sort-mdm", "ar": "sort-ar"}
+# The fast rule the offline benchmark backs; the server's default would be the model's own default.
+DIFFUSION_OPTIONS = {"strategy": "threshold", "threshold": TAU, "block_size": BLOCK_SIZE}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(model: str, max_running: int) -> Iterator[str]:
+    """An `unmask serve` child process on a free local port; its base URL while the block runs."""
+    port = free_port()
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.Popen([sys.executable, "-m", "unmask.cli", "serve", "--model", model, "--port", str(port),
+                             "--max-running", str(max_running)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(f"unmask serve --model {model} exited: {proc.stderr.read().decode()[-500:]}")
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def one_request(client: httpx.AsyncClient, base: str, body: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", base + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return {"ok": False, "error": f"HTTP {r.status_code}: {r.text[:200]}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return {"ok": False, "error": chunk["error"]["message"]}
+            if first is None and chunk["choices"][0]["text"]:
+                first = time.perf_counter() - t0
+            if "usage" in chunk:
+                tokens = chunk["usage"]["completion_tokens"]
+    latency = time.perf_counter() - t0
+    return {"ok": True, "latency": latency, "ttft": first if first is not None else latency, "tokens": tokens}
+
+
+async def load(base: str, name: str, prompts: list[str], extra: dict[str, Any], concurrency: int,
+               seconds: float) -> dict[str, Any]:
+    """Closed loop: `concurrency` clients each send their next prompt as soon as the last one is answered."""
+    results: list[dict[str, Any]] = []
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while time.perf_counter() < deadline:
+            prompt = prompts[next(counter) % len(prompts)]
+            body = {"model": name, "prompt": prompt, "stream": True, **extra}
+            try:
+                results.append(await one_request(client, base, body))
+            except httpx.HTTPError as err:
+                results.append({"ok": False, "error": f"{type(err).__name__}: {err}"})
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if r["ok"]]
+
+    def pct(xs: list[float], q: float) -> float | None:
+        if not xs:
+            return None
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+    lat, ttft = [r["latency"] for r in ok], [r["ttft"] for r in ok]
+    return {"concurrency": concurrency, "seconds": wall, "requests": len(results), "failed": len(results) - len(ok),
+            "errors": sorted({r["error"] for r in results if not r["ok"]})[:5],
+            "tokens": sum(r["tokens"] for r in ok), "throughput_tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+            "latency_p50_s": pct(lat, 0.5), "latency_p99_s": pct(lat, 0.99),
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99),
+            "latency_mean_s": statistics.fmean(lat) if lat else None}
+
+
+def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, seconds: float | None = None,
+                    concurrency: tuple[int, ...] = CONCURRENCY, models: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    from unmask.bench.serving_report import write_serve_report
+
+    names = {**SERVE_MODELS, **(models or {})}
+    seconds = seconds or (5.0 if quick else 20.0)
+    task = task_of(load_model(names["diffusion"]))
+    prompts = [ex.prompt for ex in task.test_examples[:200]]
+    rows = []
+    for role, model in names.items():
+        extra = DIFFUSION_OPTIONS if role == "diffusion" else {}
+        with serving(model, max(concurrency)) as base:
+            asyncio.run(load(base, Path(model).name, prompts[:4], extra, 1, 1.0))  # warm-up, untimed
+            for c in concurrency:
+                if progress:
+                    print(f"unmask bench --serve: {model} at {c} clients for {seconds:.0f} s", file=sys.stderr)
+                row = asyncio.run(load(base, Path(model).name, prompts, extra, c, seconds))
+                rows.append({"role": role, "model": model, "options": extra, **row})
+    report = {"seconds_per_level": seconds, "concurrency": list(concurrency), "models": names,
+              "prompts": "held-out sort prompts, cycled", "rows": rows}
+    write_serve_report(report, out_dir)
+    return report

@@ -1,0 +1,69 @@
+"""serve.json, serve.md and serve.png from one `unmask bench --serve` run (nothing here measures)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """Batching gain (16 clients over 1) for each model; diffusion over AR throughput at every level."""
+    by = {(r["role"], r["concurrency"]): r for r in report["rows"]}
+    out: dict[str, Any] = {"batching_gain_16_over_1": {}, "diffusion_over_ar": {}}
+    for role in ("diffusion", "ar"):
+        one, sixteen = by.get((role, 1)), by.get((role, 16))
+        if one and sixteen and one["throughput_tokens_per_s"]:
+            out["batching_gain_16_over_1"][role] = sixteen["throughput_tokens_per_s"] / one["throughput_tokens_per_s"]
+    for c in report["concurrency"]:
+        d, a = by.get(("diffusion", c)), by.get(("ar", c))
+        if d and a and a["throughput_tokens_per_s"]:
+            out["diffusion_over_ar"][str(c)] = d["throughput_tokens_per_s"] / a["throughput_tokens_per_s"]
+    out["failed_requests"] = sum(r["failed"] for r in report["rows"])
+    return out
+
+
+def ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 1e3:.0f}"
+
+
+def serve_markdown(report: dict[str, Any]) -> str:
+    lines = [f"## unmask bench --serve ({report['seconds_per_level']:.0f} s per level, closed-loop streaming clients)",
+             "", "| Model | Clients | Requests | Failed | Throughput (tok/s) | TTFT p50 / p99 (ms) | "
+                 "Latency p50 / p99 (ms) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} ({r['role']}) | {r['concurrency']} | {r['requests']} | {r['failed']} | "
+                     f"{r['throughput_tokens_per_s']:.0f} | {ms(r['ttft_p50_s'])} / {ms(r['ttft_p99_s'])} | "
+                     f"{ms(r['latency_p50_s'])} / {ms(r['latency_p99_s'])} |")
+    rat = report.get("ratios") or ratios(report)
+    lines += [""] + [f"- batching gain, 16 clients over 1, {k}: {v:.2f}x" for k, v in rat["batching_gain_16_over_1"].items()]
+    lines += [f"- diffusion over AR throughput at {c} clients: {v:.2f}x" for c, v in rat["diffusion_over_ar"].items()]
+    lines += [f"- failed requests: {rat['failed_requests']}", ""]
+    return "\n".join(lines)
+
+
+def write_serve_report(report: dict[str, Any], out_dir: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    report["ratios"] = ratios(report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "serve.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "serve.md").write_text(serve_markdown(report))
+    fig = Figure(figsize=(12, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    panels = [("throughput_tokens_per_s", "throughput (tokens/s)"), ("ttft_p50_s", "time to first token p50 (s)"),
+              ("latency_p99_s", "latency p99 (s)")]
+    for i, (key, label) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, 3, i)
+        for role in ("diffusion", "ar"):
+            rows = [r for r in report["rows"] if r["role"] == role]
+            if rows:
+                ax.plot([r["concurrency"] for r in rows], [r[key] or 0 for r in rows], "o-" if role == "diffusion"
+                        else "s--", label=f"{rows[0]['model']} ({role})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "serve.png")
