@@ -109,3 +109,29 @@ def test_bad_requests_are_refused_before_they_wait(mdm):
     with pytest.raises(ValueError, match="token slots"):
         eng.add_request([5] * 10, SamplingParams(max_new_tokens=60))
     assert not eng.has_work() and not eng.runner.rows
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_dual_cache_rows_match_generate_with_dual_cache(shift):
+    model = random_model("diffusion", seed=4, logits_shift=shift)
+    eng = Engine(model, max_running=4)
+    jobs = [(random_prompt(n, seed=40 + n)[0].tolist(), p) for n, p in [
+        (5, SamplingParams(max_new_tokens=16, strategy="threshold", block_size=8, cache="dual",
+                           options={"threshold": 0.2})),
+        (11, SamplingParams(max_new_tokens=24, strategy="low_confidence", block_size=8, cache="dual")),
+        (3, SamplingParams(max_new_tokens=12, strategy="factor", block_size=4, cache="dual", options={"factor": 2.0})),
+        (8, SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=8)),  # uncached, same batch
+        (6, SamplingParams(max_new_tokens=8, strategy="threshold", block_size=4, cache="dual",
+                           options={"threshold": 0.3}))]]
+    reqs = [eng.add_request(p, params) for p, params in jobs]
+    while eng.has_work():
+        eng.step()
+    for r, (p, params) in zip(reqs, jobs):
+        kw = dict(strategy=params.strategy, block_size=params.block_size, cache=params.cache, **params.options)
+        ref = unmask.generate(model, torch.tensor([p]), max_new_tokens=params.max_new_tokens, **kw)
+        assert r.output_ids == ref.sequences[0], r.request_id
+
+
+def test_engine_refuses_caches_it_does_not_offer(mdm):
+    with pytest.raises(ValueError, match="cache 'dual' or none"):
+        Engine(mdm).add_request([5, 6], SamplingParams(cache="delayed"))

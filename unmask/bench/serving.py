@@ -28,7 +28,7 @@ from unmask.models.checkpoints import load_model
 CONCURRENCY = (1, 4, 16, 32)
 SERVE_MODELS = {"diffusion": "sort-mdm", "ar": "sort-ar"}
 # The fast rule the offline benchmark backs; the server's default would be the model's own default.
-DIFFUSION_OPTIONS = {"strategy": "threshold", "threshold": TAU, "block_size": BLOCK_SIZE}
+DIFFUSION_OPTIONS = {"strategy": "threshold", "threshold": TAU, "block_size": BLOCK_SIZE, "cache": "dual"}
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ class SamplingParams:
     temperature: float = 0.0
     seed: int | None = None
     stop_at_eos: bool = True
+    cache: str | None = None  # None or "dual" (the engine's approximate cache for bidirectional models)
     options: dict[str, Any] = field(default_factory=dict)
 
 

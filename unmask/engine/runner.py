@@ -32,9 +32,12 @@ class DiffusionRow:
     budgets: list[int]
     strategy: Strategy
     generator: torch.Generator | None
+    cached: bool = False  # dual cache: keys/values of the whole row, refreshed at each block's first step
     block: int = 0
     step: int = 0
     emitted: int = 0
+    k: torch.Tensor | None = None  # (n_layers, Hkv, P+N, D)
+    v: torch.Tensor | None = None
 
 
 @dataclass
@@ -68,12 +71,14 @@ class Runner:
                 raise ValueError(f"strategy 'ar' does not take {', '.join(sorted(p.options))}")
             self.rows[req.request_id] = ARRow(prompt[0], gen)
             return
+        if p.cache not in (None, "dual"):
+            raise ValueError(f"the engine offers cache 'dual' or none, not {p.cache!r}")
         rule = make_strategy(strategy, **p.options)
         N, P = p.max_new_tokens, len(req.prompt_ids)
         block = min(p.block_size or DEFAULT_BLOCK_SIZE, N)
         x = torch.cat([prompt[0], torch.full((N,), self.mask_id, dtype=torch.long)])
         self.rows[req.request_id] = DiffusionRow(x, P, [(P + s, P + e) for s, e in block_spans(N, block)],
-                                                 steps_per_block(N, block, p.steps), rule, gen)
+                                                 steps_per_block(N, block, p.steps), rule, gen, p.cache == "dual")
 
     def release(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
@@ -90,32 +95,79 @@ class Runner:
         return outs
 
     def step_diffusion(self, requests: list[Request]) -> list[RequestOutput]:
-        rows = [self.rows[r.request_id] for r in requests]
-        width = max(row.x.numel() for row in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (B, W), left-padded
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, row in enumerate(rows):
+        """Rows without a usable cache run whole (left-padded together); cached rows run only their block,
+        grouped by block length. Then every row applies its own rule to its block's logits."""
+        rows = {r.request_id: self.rows[r.request_id] for r in requests}
+        full = [r for r in requests if not rows[r.request_id].cached or rows[r.request_id].step == 0]
+        logits: dict[str, torch.Tensor] = {}
+        if full:
+            logits.update(self.forward_full(full, rows))
+        by_length: dict[int, list[Request]] = {}
+        for r in requests:
+            if r.request_id not in logits:
+                s, e = rows[r.request_id].spans[rows[r.request_id].block]
+                by_length.setdefault(e - s, []).append(r)
+        for group in by_length.values():
+            logits.update(self.forward_block(group, rows))
+        return [self.apply_rule(r, rows[r.request_id], logits[r.request_id]) for r in requests]
+
+    def forward_full(self, requests: list[Request], rows: dict[str, DiffusionRow]) -> dict[str, torch.Tensor]:
+        """Whole rows, left-padded into one batch; cached rows keep their keys/values for the block's later steps."""
+        seqs = [rows[r.request_id] for r in requests]
+        width = max(row.x.numel() for row in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)  # (B, W)
+        valid = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for i, row in enumerate(seqs):
             ids[i, width - row.x.numel():] = row.x
             valid[i, width - row.x.numel():] = True
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-        logits = self.model(ids, positions, valid=None if bool(valid.all()) else valid)  # (B, W, V)
-        outs = []
-        for i, (req, row) in enumerate(zip(requests, rows)):
+        cache = KVCache.for_model(self.model, len(seqs), width) if any(row.cached for row in seqs) else None
+        logits = self.model(ids, positions, valid=None if bool(valid.all()) else valid, cache=cache)  # (B, W, V)
+        out = {}
+        for i, (req, row) in enumerate(zip(requests, seqs)):
             pad = width - row.x.numel()
             s, e = row.spans[row.block]
-            block = row.x[s:e]  # a view into the row
-            masked = block == self.mask_id
-            if row.step == 0:
-                row.strategy.begin_block(masked[None], row.budgets[row.block])
-            lo = pad + s - 1 if self.shift else pad + s
-            block_logits = logits[i:i + 1, lo:lo + (e - s)]  # (1, Lb, V)
-            x0 = gumbel_argmax(block_logits, req.params.temperature, row.generator, forbid=self.mask_id)
-            conf = row.strategy.confidence(block_logits, x0, row.generator).masked_fill(~masked[None], float("-inf"))
-            commit = (row.strategy.select(row.step, conf, masked[None]) & masked[None])[0]
-            block[commit] = x0[0][commit]
-            row.step += 1
-            outs.append(self.advance_diffusion(req, row))
-        return outs
+            out[req.request_id] = logits[i, pad + s - self.shift:pad + e - self.shift]  # (Lb, V)
+            if row.cached:
+                row.k, row.v = cache.k[:, i, :, pad:].clone(), cache.v[:, i, :, pad:].clone()
+        return out
+
+    def forward_block(self, requests: list[Request], rows: dict[str, DiffusionRow]) -> dict[str, torch.Tensor]:
+        """Only each row's current block (equal lengths), against its cached prefix and suffix.
+
+        Rows are laid out so their blocks share slots [S, S+Lb): row i starts at slot S - s_i.
+        """
+        seqs = [rows[r.request_id] for r in requests]
+        lo = [row.spans[row.block][0] - self.shift for row in seqs]  # first query column of each row
+        n = rows[requests[0].request_id].spans[rows[requests[0].request_id].block]
+        Lb = n[1] - n[0]
+        S = max(lo)
+        width = S + max(row.x.numel() - l for row, l in zip(seqs, lo))
+        cache = KVCache.for_model(self.model, len(seqs), width)
+        for i, (row, l) in enumerate(zip(seqs, lo)):
+            o, T = S - l, row.x.numel()
+            cache.k[:, i, :, o:o + T], cache.v[:, i, :, o:o + T] = row.k, row.v
+            cache.positions[i, o:o + T] = torch.arange(T)
+            cache.valid[i, o:o + T] = True
+        cache.length = width
+        ids = torch.stack([row.x[l:l + Lb] for row, l in zip(seqs, lo)])  # (B, Lb)
+        positions = torch.stack([torch.arange(l, l + Lb) for l in lo])
+        logits = self.model(ids, positions, cache=cache, start=S)  # (B, Lb, V)
+        return {r.request_id: logits[i] for i, r in enumerate(requests)}
+
+    def apply_rule(self, req: Request, row: DiffusionRow, block_logits: torch.Tensor) -> RequestOutput:
+        s, e = row.spans[row.block]
+        block = row.x[s:e]  # a view into the row
+        masked = block == self.mask_id
+        if row.step == 0:
+            row.strategy.begin_block(masked[None], row.budgets[row.block])
+        block_logits = block_logits[None]  # (1, Lb, V)
+        x0 = gumbel_argmax(block_logits, req.params.temperature, row.generator, forbid=self.mask_id)
+        conf = row.strategy.confidence(block_logits, x0, row.generator).masked_fill(~masked[None], float("-inf"))
+        commit = (row.strategy.select(row.step, conf, masked[None]) & masked[None])[0]
+        block[commit] = x0[0][commit]
+        row.step += 1
+        return self.advance_diffusion(req, row)
 
     def advance_diffusion(self, req: Request, row: DiffusionRow) -> RequestOutput:
         """Move a row to its next block when this one is full; report tokens that became final, in order."""

@@ -72,7 +72,7 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
             options["top_p"] = body.top_p
         return SamplingParams(max_new_tokens=body.max_tokens or default_new, strategy=body.strategy,
                               block_size=body.block_size, steps=body.steps, temperature=body.temperature,
-                              seed=body.seed, options=options)
+                              seed=body.seed, cache=None if body.cache == "none" else body.cache, options=options)
 
     def submit(text: str, body: DecodingFields) -> tuple[Subscription, int]:
         if not text:
