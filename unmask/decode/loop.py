@@ -38,6 +38,7 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
     B, P = prompt_ids.shape
     x = torch.cat([prompt_ids, torch.full((B, gen_length), mask_id, dtype=torch.long)], dim=1)
     valid, positions = prompt_layout(prompt_mask, prompt_ids, gen_length)
+    strategy.check_model(model)
     cache = cache or CachePolicy()
     cache.start(model, x, positions, valid, shift=bool(getattr(model.config, "logits_shift", False)))
     budgets = steps_per_block(gen_length, block_size, steps)
@@ -59,6 +60,7 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
             x0 = gumbel_argmax(logits, temperature, generator, forbid=mask_id)  # (B, Lb)
             conf = strategy.confidence(logits, x0, generator).masked_fill(~masked, float("-inf"))
             commit = strategy.select(step, conf, masked) & masked
+            commit = strategy.review(x, valid, positions, (s, e), x0, conf, commit)
             block[commit] = x0[commit]
             if early_commit is not None:
                 commit_all(x, window, early_commit, P, gen_length, mask_id, temperature, generator)

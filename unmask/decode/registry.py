@@ -9,12 +9,14 @@ from unmask.decode.strategies.factor import Factor
 from unmask.decode.strategies.low_confidence import LowConfidence
 from unmask.decode.strategies.random_remask import RandomRemask
 from unmask.decode.strategies.threshold import Threshold
+from unmask.decode.strategies.verifier import Verifier
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "low_confidence": LowConfidence,
     "random": RandomRemask,
     "threshold": Threshold,
     "factor": Factor,
+    "verifier": Verifier,
 }
 AR_STRATEGY = "ar"  # left-to-right decoding of causal models (unmask.decode.autoregressive)
 

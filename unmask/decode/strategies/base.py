@@ -29,6 +29,14 @@ class Strategy:
         """Positions to commit `# (B, Lb)` bool; confidence is -inf where not masked."""
         raise NotImplementedError
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse (ValueError) a model this rule cannot decode; called once per generation."""
+
+    def review(self, x: torch.Tensor, valid: torch.Tensor | None, positions: torch.Tensor, span: tuple[int, int],
+               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor) -> torch.Tensor:
+        """A second look at `commit` `# (B, Lb)` with the whole sequence x `# (B, T)` in view; default: keep all."""
+        return commit
+
 
 def top_k_per_row(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Bool mask of each row's k[row] highest-confidence positions `# (B, Lb)`."""

@@ -1,0 +1,68 @@
+"""AR-verifier guided diffusion: a small causal model vets what a parallel step proposes.
+
+Committing many tokens per step risks errors no single position can see (a number written twice,
+one dropped). Each step, the rule proposes commits as `threshold` does; a small AR model with the same
+tokenizer then reads the block's draft (committed tokens, and the dLLM's proposal at every masked
+position) in one causal forward pass, and each proposed commit the verifier finds unlikely goes back
+to [MASK] to be decoded again later:
+  rule "prob":   reject a commit whose verifier probability, given the draft before it, is below `accept`;
+  rule "first":  reject from the row's first such commit onward (later tokens were read after an error).
+A row whose every commit is rejected keeps its most confident one, so each step still makes progress.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from unmask.decode.strategies.base import at_least_one
+from unmask.decode.strategies.threshold import Threshold
+
+RULES = ("prob", "first")
+
+
+@functools.lru_cache(maxsize=4)
+def load_verifier(name: str) -> torch.nn.Module:
+    from unmask.models.checkpoints import load_model
+
+    return load_model(name)
+
+
+class Verifier(Threshold):
+    name = "verifier"
+
+    def __init__(self, verifier: str | torch.nn.Module = "sort-ar-small", threshold: float = 0.7,
+                 accept: float = 0.2, rule: str = "prob", confidence: str = "prob") -> None:
+        super().__init__(threshold, confidence)
+        if rule not in RULES:
+            raise ValueError(f"unknown verifier rule {rule!r}; known rules: {', '.join(RULES)}")
+        if not 0 < accept < 1:
+            raise ValueError(f"accept must be between 0 and 1, not {accept}")
+        self.ar = load_verifier(verifier) if isinstance(verifier, str) else verifier
+        if self.ar.config.kind != "ar":
+            raise ValueError(f"the verifier must be an autoregressive model, not {self.ar.config.kind}")
+        self.accept, self.rule = accept, rule
+        self.verifier_forwards = 0
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        same = (self.ar.config.vocab_size == model.config.vocab_size
+                and self.ar.eos_token_id == model.eos_token_id and self.ar.pad_token_id == model.pad_token_id)
+        if not same:
+            raise ValueError("the verifier must share the model's tokenizer (vocabulary and special ids)")
+
+    @torch.no_grad()
+    def review(self, x: torch.Tensor, valid: torch.Tensor | None, positions: torch.Tensor, span: tuple[int, int],
+               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor) -> torch.Tensor:
+        s, e = span
+        draft = x[:, :e].clone()  # (B, e): prompt, earlier blocks, then this block's draft
+        block = draft[:, s:]
+        masked = torch.isfinite(confidence)  # the loop scores masked positions only (-inf elsewhere)
+        block[masked] = x0[masked]
+        logits = self.ar(draft, positions[:, :e], valid=None if valid is None else valid[:, :e])  # (B, e, V)
+        self.verifier_forwards += 1
+        p = torch.softmax(logits[:, s - 1:e - 1].float(), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
+        reject = commit & (p < self.accept)
+        if self.rule == "first":
+            reject = commit & (reject.long().cumsum(dim=-1) > 0)
+        keep = commit & ~reject
+        return at_least_one(keep, confidence.masked_fill(~commit, float("-inf")), commit)
