@@ -33,6 +33,7 @@ class ModelConfig:
     kind: ModelKind = "diffusion"
     block_size: int | None = None  # only for block-diffusion
     logits_shift: bool = False  # Dream: position i scores token i+1
+    ahead: int = 0  # causal models trained for introspective strided decoding: [MASK] slots proposing ahead
     mask_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -73,7 +74,7 @@ class TrainConfig:
     name: str
     task: str  # "sort" or "shakespeare"
     model: ModelConfig
-    objective: Literal["mdm", "ar"] = "mdm"
+    objective: Literal["mdm", "ar", "isd"] = "mdm"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3

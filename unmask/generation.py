@@ -9,8 +9,9 @@ from unmask.decode.autoregressive import autoregress
 from unmask.decode.cache_policy import make_cache
 from unmask.decode.early_commit import EarlyCommit
 from unmask.decode.loop import denoise
-from unmask.decode.registry import AR_STRATEGY, make_strategy
+from unmask.decode.registry import AR_STRATEGY, ISD_STRATEGY, make_strategy
 from unmask.decode.result import GenerationResult
+from unmask.decode.strided import strided
 
 DEFAULT_BLOCK_SIZE = 32
 AR_ONLY_PARAMS = ("top_k", "top_p")
@@ -40,6 +41,11 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
     strategy = strategy or default_strategy(model)
     check_request(model, prompt_ids, max_new_tokens, strategy)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if strategy == ISD_STRATEGY:
+        if cache is not None or refresh_every is not None or early_commit or strategy_params:
+            raise ValueError("strategy 'isd' takes no cache, early commit or rule options")
+        return strided(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                       stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator)
     if strategy == AR_STRATEGY:
         if cache is not None or refresh_every is not None or early_commit:
             raise ValueError("cache, refresh_every and early_commit are diffusion options; "
@@ -75,7 +81,7 @@ def check_request(model: torch.nn.Module, prompt_ids: torch.Tensor, max_new_toke
         raise ValueError(f"prompt ({prompt_ids.shape[1]} tokens) plus {max_new_tokens} new tokens is {total}, "
                          f"more than this model's context of {context}")
     kind = model.config.kind
-    if kind == "ar" and strategy != AR_STRATEGY:
-        raise ValueError(f"this is an autoregressive model: use strategy 'ar', not {strategy!r}")
-    if kind != "ar" and strategy == AR_STRATEGY:
-        raise ValueError(f"strategy 'ar' needs an autoregressive model; this one is {kind}")
+    if kind == "ar" and strategy not in (AR_STRATEGY, ISD_STRATEGY):
+        raise ValueError(f"this is an autoregressive model: use strategy 'ar' (or 'isd'), not {strategy!r}")
+    if kind != "ar" and strategy in (AR_STRATEGY, ISD_STRATEGY):
+        raise ValueError(f"strategy {strategy!r} needs an autoregressive model; this one is {kind}")

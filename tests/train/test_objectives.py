@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import torch
 import torch.nn as nn
 
@@ -134,3 +136,27 @@ def test_low_discrepancy_noise_levels_cover_every_stratum():
     assert t.shape == (8,) and bool(((t >= 0) & (t < 1)).all())
     strata = sorted(int(v * 8) for v in t)
     assert strata == list(range(8))
+
+
+def test_ahead_slots_see_only_the_prefix_up_to_the_cut():
+    from unmask.train.objectives import ahead_attention
+    valid = torch.tensor([[True, True, True, True, False]])
+    m = ahead_attention(valid, torch.tensor([1]), 2)[0, 0]  # (7, 7)
+    assert m[:5, 5:].sum() == 0  # the sequence never sees the slots
+    assert m[2, :3].all() and not m[2, 3]  # causal
+    assert m[5].tolist() == [True, True, False, False, False, True, True]  # slot: prefix up to the cut + slots
+
+
+def test_isd_loss_is_ar_loss_plus_the_slots_cross_entropy():
+    from unmask.train.objectives import isd_loss
+    from unmask.data.batch import make_batch
+    torch.manual_seed(0)
+    batch = make_batch([[5, 6, 7, 8, 9, 10]], [2], pad_id=0)
+    V = 12
+
+    class Uniform(torch.nn.Module):
+        def forward(self, ids, positions=None, attn_mask=None, **kw):
+            return torch.zeros(ids.shape[0], ids.shape[1], V)
+
+    loss = isd_loss(Uniform(), batch, mask_id=1, ahead=3, generator=torch.Generator().manual_seed(0))
+    assert float(loss) == pytest.approx(2 * math.log(V))  # uniform logits: log V for each part

@@ -19,10 +19,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "verifier": Verifier,
 }
 AR_STRATEGY = "ar"  # left-to-right decoding of causal models (unmask.decode.autoregressive)
+ISD_STRATEGY = "isd"  # introspective strided decoding of causal models trained to draft ahead (unmask.decode.strided)
 
 
 def strategy_names() -> list[str]:
-    return [*STRATEGIES, AR_STRATEGY]
+    return [*STRATEGIES, AR_STRATEGY, ISD_STRATEGY]
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:

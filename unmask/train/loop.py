@@ -22,7 +22,7 @@ from unmask.data import get_task
 from unmask.models.checkpoints import atomic_write, count_params, save_model
 from unmask.models.transformer import Transformer
 from unmask.tokenizers import CharTokenizer
-from unmask.train.objectives import ar_loss, mdm_elbo, mdm_loss
+from unmask.train.objectives import ar_loss, isd_loss, mdm_elbo, mdm_loss
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "metrics.jsonl"
@@ -61,6 +61,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, generator: torch.Generator) -> torch.Tensor:
     if cfg.objective == "mdm":
         return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator)
+    if cfg.objective == "isd":
+        return isd_loss(model, batch, mask_id, cfg.model.ahead, generator=generator)
     return ar_loss(model, batch)
 
 

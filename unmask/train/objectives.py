@@ -59,3 +59,39 @@ def mdm_elbo(model: torch.nn.Module, batch: Batch, mask_id: int, *, n_t: int = 8
         t = t.clamp(min=1e-3)
         total += float(mdm_loss(model, batch, mask_id, generator=gen, t=t))
     return total / n_t
+
+
+def ahead_attention(valid: torch.Tensor, cut: torch.Tensor, ahead: int) -> torch.Tensor:
+    """Mask `# (B, 1, L+N, L+N)` for [sequence, N [MASK] slots]: the sequence is causal (padding unseen);
+    each slot sees the sequence up to its row's cut and every slot."""
+    B, L = valid.shape
+    i = torch.arange(L)
+    seq = (i[None, :] <= i[:, None])[None] & valid[:, None, :]  # (B, L, L)
+    seq = seq | torch.eye(L, dtype=torch.bool)[None]
+    top = torch.cat([seq, torch.zeros(B, L, ahead, dtype=torch.bool)], dim=2)  # the sequence never sees slots
+    upto = (i[None, :] <= cut[:, None]) & valid  # (B, L)
+    bottom = torch.cat([upto[:, None, :].expand(B, ahead, L), torch.ones(B, ahead, ahead, dtype=torch.bool)], dim=2)
+    return torch.cat([top, bottom], dim=1)[:, None]
+
+
+def isd_loss(model: torch.nn.Module, batch: Batch, mask_id: int, ahead: int,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next-token CE on the sequence plus CE of N [MASK] slots placed after a random cut in the answer,
+    each predicting the token at its position from the prefix alone (I-DLM's masked-ahead objective).
+    One forward pass: the slots ride along after the sequence with an attention mask of their own."""
+    B, L = batch.ids.shape
+    first = batch.target.float().argmax(dim=1)  # (B,) first answer token
+    last = batch.valid.sum(dim=1) - 1  # (B,) last real token
+    span = (last - first + 1).clamp(min=1)
+    cut = first - 1 + (torch.rand(B, generator=generator) * span).long().clamp(max=span - 1)  # (B,) known up to here
+    offsets = torch.arange(1, ahead + 1)
+    slot_pos = cut[:, None] + offsets[None, :]  # (B, N)
+    ids = torch.cat([batch.ids, torch.full((B, ahead), mask_id, dtype=torch.long)], dim=1)
+    positions = torch.cat([torch.arange(L).expand(B, L), slot_pos], dim=1)
+    logits = model(ids, positions, attn_mask=ahead_attention(batch.valid, cut, ahead))  # (B, L+N, V)
+    scored = batch.target[:, 1:]
+    ar = F.cross_entropy(logits[:, :L - 1][scored], batch.ids[:, 1:][scored])
+    inside = slot_pos <= last[:, None]  # slots past the end have nothing to predict
+    truth = batch.ids.gather(1, slot_pos.clamp(max=L - 1))
+    ahead_ce = F.cross_entropy(logits[:, L:][inside], truth[inside]) if bool(inside.any()) else logits.sum() * 0
+    return ar + ahead_ce
