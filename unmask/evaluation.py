@@ -70,7 +70,7 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
             outputs.append(text)
             correct += task.score(text, ex)
         tokens += out.n_tokens
-        row_forwards += out.nfe * len(chunk)
+        row_forwards += out.row_forwards
     n = len(examples)
     return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": strategy, "n": n,
             "accuracy": correct / n, "nfe_mean": row_forwards / n, "tokens_per_forward": tokens / row_forwards,

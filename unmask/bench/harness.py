@@ -28,6 +28,7 @@ from unmask.generation import generate
 from unmask.models.checkpoints import load_model
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
+OPTIONAL_MODELS = {"isd": "sort-isd"}  # benchmarked when bundled
 EVAL_BATCH = 32
 
 
@@ -73,7 +74,7 @@ def environment() -> dict[str, Any]:
 def accuracy(model: torch.nn.Module, task: SortTask, setting: Setting, limit: int) -> dict[str, Any]:
     """Held-out exact match through `evaluate_sort`, batched as users evaluate."""
     res = evaluate_sort(model, task, limit=limit, batch_size=EVAL_BATCH, **setting.gen_kwargs())
-    return {"n": res["n"], "accuracy": res["accuracy"], "nfe_mean": res["nfe_mean"],
+    return {"n": res["n"], "accuracy": res["accuracy"], "nfe_mean": res["nfe_mean"], "_outputs": res["outputs"],
             "tokens_per_forward": res["tokens_per_forward"], "batch_tokens_per_second": res["tokens_per_second"]}
 
 
@@ -122,6 +123,13 @@ def latency(loaded: dict[str, torch.nn.Module], task: SortTask, settings: list[S
             for s in settings}
 
 
+def available(models: dict[str, str]) -> dict[str, str]:
+    from unmask.models.checkpoints import bundled_models
+
+    bundled = {m.name for m in bundled_models()}
+    return {role: name for role, name in models.items() if name in bundled}
+
+
 def check_same_task(tasks: dict[str, SortTask]) -> SortTask:
     """Both models must have been trained on the same task options, or their held-out splits differ."""
     first = next(iter(tasks.values()))
@@ -140,7 +148,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
     from unmask.bench.text import run_text
 
     t_start = time.perf_counter()
-    names = {**DEFAULT_MODELS, **(models or {})}
+    names = {**DEFAULT_MODELS, **available(OPTIONAL_MODELS), **(models or {})}
     env = environment()
     if progress and not env["OMP_WAIT_POLICY"]:
         # The CLI sets PASSIVE before importing torch; a library caller cannot fix it this late.
@@ -150,7 +158,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
     task = check_same_task({role: task_of(m) for role, m in loaded.items()})
     limit, k = (100, 3) if quick else (1000, 10)
     buckets = length_buckets(task, k)
-    settings = make_settings(quick)
+    settings = [s for s in make_settings(quick) if s.model in names]
 
     results = []
     bar = tqdm(settings, desc="accuracy", disable=not progress, file=sys.stderr)
@@ -159,8 +167,12 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
         results.append({**asdict(s), "model_path": names[s.model], **accuracy(loaded[s.model], task, s, limit)})
     bar.close()
     timings = latency(loaded, task, settings, buckets, progress)
+    outputs = {row["key"]: row.pop("_outputs") for row in results}
     for row in results:
         row["buckets"] = timings[row["key"]]
+    if "isd" in outputs and "isd-ar" in outputs:  # lossless: ISD must reproduce its own AR greedy output
+        same = sum(a == b for a, b in zip(outputs["isd"], outputs["isd-ar"]))
+        next(r for r in results if r["key"] == "isd")["identical_to_ar_greedy"] = f"{same}/{len(outputs['isd'])}"
 
     report = {"quick": quick, "environment": env, "models": names,
               "task": {"name": task.name, "min_len": task.min_len, "max_len": task.max_len,
@@ -171,7 +183,8 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
                            "timer": "time.perf_counter around unmask.generate"},
               "settings": results, "summary": summarise(results)}
     if with_text:
-        report["text"] = run_text(settings, quick=quick, progress=progress, models=text_models)
+        plain = [s for s in settings if s.model in ("ar", "diffusion") and s.options.get("strategy") != "verifier"]
+        report["text"] = run_text(plain, quick=quick, progress=progress, models=text_models)
     report["wall_seconds"] = time.perf_counter() - t_start
     write_report(report, Path(out_dir))
     if progress:

@@ -46,7 +46,13 @@ def summarise(settings: list[dict[str, Any]]) -> dict[str, Any]:
             early.append({"with": key, "without": plain,
                           "fewer_forwards": ratio(by_key[plain]["nfe_mean"], by_key[key]["nfe_mean"]),
                           "accuracy_change": by_key[key]["accuracy"] - by_key[plain]["accuracy"]})
-    return {"at_list_length": longest_bucket(settings[0])["list_length"] if settings else None,
+    isd = None
+    if "isd" in by_key and "isd-ar" in by_key:
+        fast, plain = longest_bucket(by_key["isd"]), longest_bucket(by_key["isd-ar"])
+        isd = {"fewer_forwards_than_its_ar_greedy": ratio(plain["nfe_mean"], fast["nfe_mean"]),
+               "vs_ar_twin": ratio(fast["tokens_per_second"], base_ar), "accuracy": by_key["isd"]["accuracy"],
+               "identical_to_ar_greedy": by_key["isd"].get("identical_to_ar_greedy")}
+    return {"at_list_length": longest_bucket(settings[0])["list_length"] if settings else None, "isd": isd,
             "ar_tokens_per_second": base_ar, "ar_accuracy": ar["accuracy"] if ar else None,
             "vanilla_tokens_per_second": base_vanilla, "vanilla_accuracy": vanilla["accuracy"] if vanilla else None,
             "best_keeping_accuracy": best, "early_commit": early, "ratios": rows}
@@ -97,6 +103,11 @@ def markdown(report: Report) -> str:
     for e in summ.get("early_commit", []):
         lines.append(f"Early commit on {e['without']}: {fmt_ratio(e['fewer_forwards'])} fewer forwards "
                      f"(batch-32 NFE), accuracy change {e['accuracy_change'] * 100:+.1f} points.")
+    if summ.get("isd"):
+        i = summ["isd"]
+        lines.append(f"ISD (sort-isd): {fmt_ratio(i['fewer_forwards_than_its_ar_greedy'])} fewer forwards than the same "
+                     f"model's AR greedy (batch 1), {fmt_ratio(i['vs_ar_twin'])} the AR twin's tokens/s, outputs "
+                     f"identical to its AR greedy on {i['identical_to_ar_greedy']} examples, accuracy {i['accuracy']:.3f}.")
     if report.get("text"):
         lines += ["", *text_markdown(report["text"])]
     lines += ["", f"Models: {', '.join(f'{k}={v}' for k, v in report['models'].items())}.",

@@ -10,6 +10,8 @@ from typing import Any
 
 TAU, FACTOR = 0.9, 1.0  # Fast-dLLM's published defaults: the benchmark does not tune them
 BLOCK_SIZE = 16
+AGGRESSIVE = (0.7, 0.5)  # thresholds below Fast-dLLM's default, for the verifier comparison
+VERIFIER, ACCEPT = "sort-ar-small", 0.2
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ def make_settings(quick: bool = False) -> list[Setting]:
     """AR; vanilla; each parallel rule without and with each cache; early commit on top of two of them."""
     th = {"strategy": "threshold", "threshold": TAU}
     rows = [Setting("ar", "AR greedy (KV cache)", "ar", {"strategy": "ar"}),
+            Setting("isd-ar", "sort-isd as plain AR greedy (KV cache)", "isd", {"strategy": "ar"}),
+            Setting("isd", "ISD greedy (sort-isd, 4 slots ahead)", "isd", {"strategy": "isd"}),
             diffusion("vanilla", "low_confidence, 1 token/step (vanilla)", strategy="low_confidence"),
             diffusion("vanilla+ec", "low_confidence + early commit", strategy="low_confidence", early_commit=True),
             diffusion("threshold", f"threshold {TAU}", **th)]
@@ -45,4 +49,18 @@ def make_settings(quick: bool = False) -> list[Setting]:
     if not quick:
         rows += [diffusion(f"threshold-{m}+dual", f"threshold {TAU} ({m}) + dual cache", cache="dual",
                            confidence=m, **th) for m in ("margin", "entropy")]
+    # Lower thresholds commit more per step and start to err; the AR verifier is meant to catch that.
+    for tau in AGGRESSIVE:
+        rows.append(diffusion(f"threshold{tau}+dual", f"threshold {tau} + dual cache", strategy="threshold",
+                              threshold=tau, cache="dual"))
+        if verifier_available():
+            rows.append(diffusion(f"verifier{tau}+dual", f"verifier ({VERIFIER}, accept {ACCEPT}) at threshold {tau} "
+                                  f"+ dual cache", strategy="verifier", threshold=tau, verifier=VERIFIER,
+                                  accept=ACCEPT, cache="dual"))
     return rows
+
+
+def verifier_available() -> bool:
+    from unmask.models.checkpoints import bundled_models
+
+    return any(m.name == VERIFIER for m in bundled_models())

@@ -14,6 +14,12 @@ class GenerationResult:
     nfe: int  # model forward passes
     seconds: float
     steps_per_block: list[int] = field(default_factory=list)
+    rows_share_forwards: bool = True  # False when each row ran its own passes (nfe then sums over rows)
+
+    @property
+    def row_forwards(self) -> int:
+        """Forward passes charged to rows: every row pays for each batched pass it was part of."""
+        return self.nfe * len(self.lengths) if self.rows_share_forwards else self.nfe
 
     @property
     def sequences(self) -> list[list[int]]:

@@ -120,4 +120,4 @@ def strided(model: torch.nn.Module, prompt_ids: torch.Tensor, *, max_new_tokens:
     fill = model.eos_token_id if model.eos_token_id is not None else model.pad_token_id
     generated = torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, width)
     tokens, lengths, finished = cut_at_eos(generated, model.eos_token_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0)
+    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, rows_share_forwards=False)
