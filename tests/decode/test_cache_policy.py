@@ -6,6 +6,7 @@ import torch
 
 import unmask
 from conftest import MASK, left_pad, random_model, random_prompt
+import unmask.decode.cache_policy
 from unmask.decode.cache_policy import DelayedCache, DualCache, PrefixCache
 
 CACHES = ("prefix", "dual", "delayed")
@@ -94,8 +95,8 @@ def test_cached_decoding_fills_every_mask_and_batches_like_single_rows(model, ca
 
 def test_cache_options_are_checked(model):
     prompt = random_prompt(5, seed=1)
-    with pytest.raises(ValueError, match="unknown cache 'exact'"):
-        unmask.generate(model, prompt, cache="exact")
+    with pytest.raises(ValueError, match="unknown cache 'paged'"):
+        unmask.generate(model, prompt, cache="paged")
     with pytest.raises(ValueError, match="refresh_every needs a cache"):
         unmask.generate(model, prompt, refresh_every=2)
     with pytest.raises(ValueError, match="refresh_every must be at least 1"):
@@ -103,3 +104,33 @@ def test_cache_options_are_checked(model):
     ar = random_model("ar", seed=1)
     with pytest.raises(ValueError, match="diffusion options"):
         unmask.generate(ar, prompt, strategy="ar", cache="prefix")
+
+
+@pytest.mark.parametrize("G,B", [(16, 4), (12, 8), (10, 3)])
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r["strategy"])
+def test_exact_block_cache_gives_the_tokens_of_no_cache(G, B, rule):
+    """Block-causal (block size 4): committed blocks are never recomputed, and nothing changes."""
+    model = random_model("block-diffusion", seed=7)
+    rows = [random_prompt(n, seed=n)[0] for n in (5, 10, 7)]  # prompts end mid-block, differently per row
+    ids, mask = left_pad(rows)
+    kw = dict(max_new_tokens=G, block_size=B, stop_at_eos=False, prompt_mask=mask, **rule)
+    plain = unmask.generate(model, ids, **kw)
+    exact = unmask.generate(model, ids, cache="exact", **kw)
+    assert torch.equal(exact.token_ids, plain.token_ids)
+
+
+def test_exact_block_cache_recomputes_only_the_open_block():
+    model = random_model("block-diffusion", seed=7)  # model block size 4
+    x = torch.cat([random_prompt(6, seed=1), torch.full((1, 8), MASK)], dim=1)  # prompt ends mid-block
+    policy = unmask.decode.cache_policy.ExactBlockCache()
+    policy.start(model, x, torch.arange(14)[None], None, shift=False)
+    assert policy.step(x, (6, 10), 0).targets.tolist() == list(range(0, 12))  # everything up to block end 12
+    assert policy.step(x, (6, 10), 1).targets.tolist() == list(range(4, 12))  # block [4, 8) holds the prompt tail
+    x[0, 6:10] = 50
+    assert policy.step(x, (10, 14), 0).targets.tolist() == list(range(4, 14))  # the clean block rides along
+    assert policy.step(x, (10, 14), 1).targets.tolist() == list(range(8, 14))
+
+
+def test_exact_cache_refuses_bidirectional_models(model):
+    with pytest.raises(ValueError, match="needs a block-causal"):
+        unmask.generate(model, random_prompt(4, seed=0), cache="exact")

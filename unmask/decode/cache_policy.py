@@ -11,6 +11,8 @@ delayed  (dKV-Cache) a full run every `refresh_every` steps (default 8); between
          columns still masked plus those decoded by the previous step: a decoded token's keys and
          values enter the cache one step late, once it has been seen unmasked.
 
+exact    (block-causal models) finished blocks' keys and values, committed once: no approximation.
+
 `refresh_every` (prefix, dual: within a block; delayed: across the generation) forces a full
 run every k steps; with k = 1 every option is exactly the uncached computation.
 The cache itself is the `KVCache` object, updated in place through the model's `start` slots.
@@ -131,8 +133,40 @@ class DelayedCache(CachePolicy):
         return self.partial(x, stale.nonzero().squeeze(1))
 
 
+class ExactBlockCache(CachePolicy):
+    """Block-causal models only: exact, not approximate. A block sees itself and earlier blocks, never
+    later ones, so once every column of a model block is final its keys and values are too: they are
+    committed once and never recomputed. Each step runs from the first uncommitted column to the end of
+    the model block holding the decode block's last column; the previous decode block, now clean, rides
+    along in the next block's first step and is committed by it (BD3-LM's cache, without an extra pass)."""
+
+    name = "exact"
+
+    def start(self, model: torch.nn.Module, x: torch.Tensor, positions: torch.Tensor,
+              valid: torch.Tensor | None, shift: bool) -> None:
+        if model.config.attention != "block-causal":
+            raise ValueError(f"cache 'exact' needs a block-causal (block-diffusion) model; this one is "
+                             f"{model.config.kind}: use prefix, dual or delayed")
+        super().start(model, x, positions, valid, shift)
+        self.block = model.config.block_size
+        self.pad = (self.total - 1) - positions[:, -1]  # (B,) slots before position 0 (left padding)
+        self.committed = 0  # slots [0, committed) hold final keys/values
+        self.cache = KVCache.for_model(model, x.shape[0], self.total)
+
+    def step(self, x: torch.Tensor, block: tuple[int, int], block_step: int) -> Window:
+        s, e = block[0] - self.shift, block[1] - self.shift
+        # The model block holding column e-1 ends at (position // size + 1) * size, per row; run up to the last.
+        end = int(((((e - 1) - self.pad) // self.block + 1) * self.block + self.pad).max())
+        start = self.committed
+        self.cache.trim(start)
+        window = self.partial(x, slice(start, min(end, self.total)))
+        # Columns before the model block holding s saw only clean, earlier blocks: final now.
+        self.committed = max(self.committed, int(((s - self.pad) // self.block * self.block + self.pad).clamp(min=0).min()))
+        return window
+
+
 CACHES: dict[str, type[CachePolicy]] = {"none": CachePolicy, "prefix": PrefixCache, "dual": DualCache,
-                                        "delayed": DelayedCache}
+                                        "delayed": DelayedCache, "exact": ExactBlockCache}
 
 
 def make_cache(name: str | None, refresh_every: int | None = None) -> CachePolicy:
