@@ -13,7 +13,7 @@ TEXT_MODEL = ModelConfig(vocab_size=0, dim=128, n_layers=4, n_heads=4, max_seq_l
 RECIPES: dict[str, TrainConfig] = {
     "sort-mdm": TrainConfig(
         name="sort-mdm", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
-        steps=4000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        steps=10000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         task_options=SORT_OPTIONS,
         description="masked-diffusion sorter (LLaDA objective), answers EOS-filled to a random window"),
     "sort-ar": TrainConfig(
@@ -21,6 +21,18 @@ RECIPES: dict[str, TrainConfig] = {
         steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         task_options=SORT_OPTIONS,
         description="autoregressive twin of sort-mdm: same shape, same data"),
+    "sort-ar-small": TrainConfig(
+        name="sort-ar-small", task="sort", objective="ar",
+        model=ModelConfig(vocab_size=0, dim=64, n_layers=2, n_heads=2, max_seq_len=256, kind="ar"),
+        steps=3000, batch_size=64, lr=3e-3, warmup_steps=200, eval_every=500, save_every=250,
+        task_options=SORT_OPTIONS,
+        description="small AR verifier for sort-mdm (strategy 'verifier'): same tokenizer and data, ~1/8 the size"),
+    "sort-isd": TrainConfig(
+        name="sort-isd", task="sort", objective="isd", model=dataclasses.replace(SORT_MODEL, kind="ar", ahead=4),
+        steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        task_options=SORT_OPTIONS,
+        description="causal sorter that also proposes 4 tokens ahead from [MASK] slots (strategy 'isd'); "
+                    "same shape as sort-ar"),
     "shakespeare-mdm": TrainConfig(
         name="shakespeare-mdm", task="shakespeare", objective="mdm", model=dataclasses.replace(TEXT_MODEL, kind="diffusion"),
         steps=600, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
