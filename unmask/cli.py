@@ -18,18 +18,24 @@ class UserError(Exception):
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
-    p.add_argument("--strategy", help="low_confidence | random | threshold | factor | ar (default: the model's default)")
+    p.add_argument("--dtype", help="weights as float32 | bfloat16 | float16 (default: a published folder's own "
+                                   "dtype, float32 for ours)")
+    p.add_argument("--strategy", help="low_confidence | random | threshold | factor | verifier | ar "
+                                      "(default: the model's default)")
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate (eval: default is the task's window)")
     p.add_argument("--block-size", type=int, help="semi-autoregressive block length (default 32)")
     p.add_argument("--steps", type=int, help="denoising steps over all blocks (default: one token per step)")
     p.add_argument("--threshold", type=float, help="threshold rule: commit every position at least this sure (0.9)")
     p.add_argument("--factor", type=float, help="factor rule: Fast-dLLM's f (1.0)")
     p.add_argument("--confidence", choices=("prob", "margin", "entropy"), help="how threshold/factor/low_confidence score")
-    p.add_argument("--cache", choices=("none", "prefix", "dual", "delayed"), help="approximate KV cache (diffusion)")
+    p.add_argument("--cache", choices=("none", "prefix", "dual", "delayed", "exact"),
+                   help="KV cache: approximate prefix|dual|delayed (diffusion), exact (block diffusion)")
     p.add_argument("--refresh-every", type=int, help="recompute everything every K steps (with --cache)")
     p.add_argument("--early-commit", nargs="?", const="7.5,5,2.5", metavar="GAPS",
                    help="Prophet: commit all remaining masks once the top1-top2 logit gap clears GAPS (three, "
                         "one per third of the answer; default 7.5,5,2.5)")
+    p.add_argument("--verifier", help="strategy verifier: the AR model that vets each step (default sort-ar-small)")
+    p.add_argument("--accept", type=float, help="strategy verifier: reject commits the verifier gives less than this")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, help="ar only: sample from the k likeliest tokens")
     p.add_argument("--top-p", type=float, help="ar only: nucleus sampling mass")
@@ -61,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true",
                    help="load test instead: concurrent streaming clients against `unmask serve` (serve.json/md/png)")
     p.add_argument("--seconds", type=float, help="--serve: seconds per concurrency level (default 20; --quick 5)")
+    p.add_argument("--published-shapes", action="store_true",
+                   help="load and decode random weights at LLaDA-8B's shapes times --fraction "
+                        "(published_shapes.json/md)")
+    p.add_argument("--fraction", type=float, help="--published-shapes: scale of LLaDA-8B's sizes (default 0.125)")
+    p.add_argument("--dtype", help="--published-shapes: float32 | bfloat16 | float16 (default: the checkpoint's, "
+                                   "bfloat16)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
@@ -71,11 +83,11 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load(name: str):
+def load(name: str, dtype: str | None = None):
     from unmask.models.checkpoints import ModelNotFound, load_model
 
     try:
-        return load_model(name)
+        return load_model(name, dtype=dtype)
     except ModelNotFound as err:
         raise UserError(str(err)) from None
 
@@ -87,7 +99,8 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw = {"strategy": strategy, "block_size": args.block_size, "steps": args.steps,
           "temperature": args.temperature, "seed": args.seed, "top_k": args.top_k, "top_p": args.top_p,
           "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
-          "cache": None if args.cache == "none" else args.cache, "refresh_every": args.refresh_every}
+          "cache": None if args.cache == "none" else args.cache, "refresh_every": args.refresh_every,
+          "verifier": args.verifier, "accept": args.accept}
     if args.early_commit is not None:
         try:
             kw["early_commit"] = tuple(float(g) for g in args.early_commit.split(","))
@@ -122,7 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     if not args.prompt:
         raise UserError("the prompt is empty: give --prompt some text")
-    model = load(args.model)
+    model = load(args.model, args.dtype)
     tok = model.tokenizer
     if tok is None:
         raise UserError(f"{args.model} has no tokenizer.json, so text prompts cannot be encoded")
@@ -147,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from unmask.evaluation import evaluate
 
-    model = load(args.model)
+    model = load(args.model, args.dtype)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, not {args.limit}")
     kw = sampling_kwargs(args)
@@ -181,6 +194,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from unmask.bench.harness import run_bench
 
+    if args.published_shapes:
+        from unmask.bench.published_shapes import DEFAULT_FRACTION, markdown, run_published_shapes
+
+        fraction = DEFAULT_FRACTION if args.fraction is None else args.fraction
+        report = run_published_shapes(fraction=fraction, dtype=args.dtype, out_dir=Path(args.out),
+                                      progress=not args.json)
+        print(json.dumps(report) if args.json else markdown(report))
+        return
+    if args.fraction is not None or args.dtype is not None:
+        raise UserError("--fraction and --dtype go with --published-shapes")
     if args.serve:
         from unmask.bench.serving import run_serve_bench
         from unmask.bench.serving_report import serve_markdown

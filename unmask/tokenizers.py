@@ -1,14 +1,17 @@
 """Tokenizers: a character-level one for the bundled models, `tokenizer.json` for the rest.
 
-Both expose the same small surface: `encode`, `decode`, `vocab_size` and the special
-ids (`mask_token_id`, `eos_token_id`, `pad_token_id`, `sep_token_id`). Special ids are
-read from here (or from a model's config) and nowhere else.
+Both expose the same small surface: `encode`, `decode`, `vocab_size`, the special
+ids (`mask_token_id`, `eos_token_id`, `pad_token_id`, `sep_token_id`) and
+`apply_chat_template(messages)`. Special ids are read from here (or from a model's config)
+and nowhere else.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
+
+from unmask.chat_template import CHAR_CHAT_TEMPLATE, ChatTemplate, TemplateMissing, load_chat_template
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[EOS]", "[SEP]")
 DEFAULT_CHARS = "\n" + "".join(chr(c) for c in range(32, 127))  # newline + printable ASCII
@@ -25,6 +28,8 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str: ...
 
 
 class CharTokenizer:
@@ -56,6 +61,12 @@ class CharTokenizer:
                 out.append(self.chars[i - len(SPECIAL_TOKENS)])
         return "".join(out)
 
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt text of a chat: the last user message's content (see `CHAR_CHAT_TEMPLATE`)."""
+        if not hasattr(self, "_chat"):
+            self._chat = ChatTemplate(CHAR_CHAT_TEMPLATE, origin="built-in character-model chat template")
+        return self._chat.render(messages, add_generation_prompt)
+
     def save(self, folder: str | Path) -> None:
         spec = {"type": "unmask-char", "specials": list(self.specials), "chars": self.chars}
         Path(folder, TOKENIZER_FILE).write_text(json.dumps(spec, indent=1))
@@ -65,19 +76,28 @@ class HFTokenizer:
     """A `tokenizer.json` read with the `tokenizers` library; special ids come from the model config."""
 
     def __init__(self, path: str | Path, *, mask_token_id: int | None = None, eos_token_id: int | None = None,
-                 pad_token_id: int | None = None, sep_token_id: int | None = None) -> None:
+                 pad_token_id: int | None = None, sep_token_id: int | None = None,
+                 chat_template: ChatTemplate | None = None) -> None:
         from tokenizers import Tokenizer as _Tok
 
         self._tok = _Tok.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size()
         self.mask_token_id, self.eos_token_id = mask_token_id, eos_token_id
         self.pad_token_id, self.sep_token_id = pad_token_id, sep_token_id
+        self.chat_template = chat_template
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The chat rendered by the folder's template (Hugging Face conventions: `unmask.chat_template`)."""
+        if self.chat_template is None:
+            raise TemplateMissing("this model has no chat template: its folder has neither chat_template.jinja "
+                                  "nor a chat_template in tokenizer_config.json")
+        return self.chat_template.render(messages, add_generation_prompt)
 
 
 def load_tokenizer(folder: str | Path, **special_ids: int | None) -> Tokenizer:
@@ -88,6 +108,6 @@ def load_tokenizer(folder: str | Path, **special_ids: int | None) -> Tokenizer:
     spec = json.loads(path.read_text())
     if spec.get("type") == "unmask-char":
         return CharTokenizer(spec["chars"])
-    return HFTokenizer(path, **special_ids)
+    return HFTokenizer(path, chat_template=load_chat_template(folder), **special_ids)
 
 

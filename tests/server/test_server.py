@@ -151,3 +151,14 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot():
             time.sleep(0.05)
         assert httpx.get(base + "/health").json()["running"] == 0
         assert 'unmask_requests_total{outcome="cancelled"} 1.0' in httpx.get(base + "/metrics").text
+
+
+def test_chat_uses_the_models_template(server, client):
+    _, name, folder = server
+    res = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "sort: 6 2 4"}],
+                                         max_tokens=12, extra_body={"block_size": 12})
+    assert res.choices[0].message.role == "assistant"
+    assert res.choices[0].message.content == expected(folder, "sort: 6 2 4", max_new_tokens=12, block_size=12)
+    chunks = list(client.chat.completions.create(model=name, messages=[{"role": "user", "content": "sort: 6 2 4"}],
+                                                 max_tokens=12, stream=True, extra_body={"block_size": 12}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == res.choices[0].message.content

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from unmask.config import ModelConfig
+from unmask.models.dtypes import DEFAULT_DTYPE, resolve_dtype
 from unmask.models.transformer import Transformer
+from unmask.models.weights import iter_tensors
 from unmask.tokenizers import Tokenizer, load_tokenizer
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
@@ -77,9 +79,14 @@ def read_config(folder: Path) -> dict[str, Any]:
     return json.loads((folder / CONFIG_FILE).read_text())
 
 
-def load_model(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+def load_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device = "cpu") -> Transformer:
-    """A model in eval mode carrying `tokenizer`, `mask_token_id`, `eos_token_id`, `pad_token_id`."""
+    """A model in eval mode carrying `tokenizer`, `mask_token_id`, `eos_token_id`, `pad_token_id`.
+
+    dtype: "float32", "bfloat16", "float16" (or a torch dtype) for the weights; None loads a
+    published folder in its checkpoint's dtype and one of ours in float32. Logits are float32 either way.
+    """
+    dtype = resolve_dtype(dtype)
     folder = resolve(name_or_path)
     raw = read_config(folder)
     if raw.get("format") != "unmask":
@@ -89,12 +96,12 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = N
     cfg = ModelConfig.from_dict(raw["model"])
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = load_file(folder / WEIGHTS_FILE)
+    state = dict(iter_tensors(folder / WEIGHTS_FILE, dtype=dtype or DEFAULT_DTYPE, device=device))
     model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
     if cfg.tie_embeddings:
         model.head.weight = model.embed.weight
-    model.rope = type(model.rope)(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)  # buffers are not saved
-    model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    # RoPE tables are not saved, and stay float32 whatever the weights' dtype
+    model.rope = type(model.rope)(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta).to(device)
     return attach(model.eval(), load_tokenizer(folder), name=str(name_or_path), meta=raw)
 
 

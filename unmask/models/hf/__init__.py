@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 
+from unmask.chat_template import load_chat_template
 from unmask.config import ModelConfig
 from unmask.models.checkpoints import attach
+from unmask.models.dtypes import checkpoint_dtype, resolve_dtype
 from unmask.models.hf import dream, llada
 from unmask.models.transformer import Transformer
+from unmask.models.weights import iter_tensors, stored_dtype
 from unmask.tokenizers import HFTokenizer
 
 # model_type -> (config mapper, tensor-name mapper)
@@ -32,7 +34,14 @@ def weight_files(folder: Path) -> list[Path]:
     return [single]
 
 
-def load_published(folder: Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Transformer:
+def load_published(folder: Path, *, dtype: str | torch.dtype | None = None,
+                   device: str | torch.device = "cpu") -> Transformer:
+    """The folder's model on our Transformer, in `dtype` (None: the checkpoint's own dtype).
+
+    Tensors are read one at a time and converted as they are read, so loading holds the converted
+    model plus about one tensor of the file (never a float32 copy of a bfloat16 checkpoint first).
+    """
+    dtype = resolve_dtype(dtype)
     raw = json.loads((folder / "config.json").read_text())
     arch = str(raw.get("model_type", "")).lower()
     if arch not in ARCHITECTURES:
@@ -43,19 +52,19 @@ def load_published(folder: Path, *, dtype: torch.dtype | None = None, device: st
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = {k: v for k, v in model.state_dict().items()}
+    files = weight_files(folder)
+    dtype = dtype or checkpoint_dtype(raw, stored_dtype(files[0]))
     state: dict[str, torch.Tensor] = {}
-    for path in weight_files(folder):
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            for name in f.keys():
-                ours = rename(name)
-                if ours is None:
-                    continue
-                tensor = f.get_tensor(name)
-                if ours not in expected:
-                    raise ValueError(f"tensor {name} (as {ours}) has no place in a {arch} model of this config")
-                if tuple(tensor.shape) != tuple(expected[ours].shape):
-                    raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[ours].shape)}")
-                state[ours] = tensor.to(dtype) if dtype else tensor
+    for path in files:
+        for name, tensor in iter_tensors(path, dtype=dtype, device=device):
+            ours = rename(name)
+            if ours is None:
+                continue
+            if ours not in expected:
+                raise ValueError(f"tensor {name} (as {ours}) has no place in a {arch} model of this config")
+            if tuple(tensor.shape) != tuple(expected[ours].shape):
+                raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[ours].shape)}")
+            state[ours] = tensor
     missing = sorted(set(expected) - set(state) - ({"head.weight"} if cfg.tie_embeddings else set()))
     if missing:
         raise ValueError(f"checkpoint {folder} lacks tensor(s) for {', '.join(missing[:5])}")
@@ -65,5 +74,5 @@ def load_published(folder: Path, *, dtype: torch.dtype | None = None, device: st
     model.rope = type(model.rope)(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta).to(device)
     tok_path = folder / "tokenizer.json"
     ids = {"mask_token_id": cfg.mask_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
-    tokenizer = HFTokenizer(tok_path, **ids) if tok_path.exists() else None
+    tokenizer = HFTokenizer(tok_path, chat_template=load_chat_template(folder), **ids) if tok_path.exists() else None
     return attach(model.eval(), tokenizer, name=str(folder), meta={"task": None, "architecture": arch})
