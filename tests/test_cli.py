@@ -122,7 +122,7 @@ def test_eval_json(capsys, mdm_dir):
     for key in ("task", "model", "strategy", "n", "accuracy", "nfe_mean", "tokens_per_forward",
                 "tokens_per_second", "seconds"):
         assert key in result, key
-    assert result["task"] == "sort" and result["strategy"] == "low_confidence" and result["n"] == 4
+    assert result["task"] == "sort" and result["strategy"] == "threshold" and result["n"] == 4  # the default
     assert 0 <= result["accuracy"] <= 1
     assert result["nfe_mean"] > 0 and result["tokens_per_forward"] > 0 and result["seconds"] > 0
     assert "outputs" not in result

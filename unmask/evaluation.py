@@ -52,7 +52,7 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
                   batch_size: int = 32, max_new_tokens: int | None = None, progress: bool = False,
                   **gen_kwargs: Any) -> dict[str, Any]:
     """Exact-match accuracy on the held-out split; speed figures count tokens up to and including EOS."""
-    strategy = strategy or default_strategy(model)
+    name = strategy or default_strategy(model)
     examples = task.test_examples[:limit] if limit else task.test_examples
     max_new_tokens = max_new_tokens or task.max_window
     tok = model.tokenizer
@@ -72,7 +72,7 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
         tokens += out.n_tokens
         row_forwards += out.row_forwards
     n = len(examples)
-    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": strategy, "n": n,
+    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": name, "n": n,
             "accuracy": correct / n, "nfe_mean": row_forwards / n, "tokens_per_forward": tokens / row_forwards,
             "tokens_per_second": tokens / seconds, "seconds": seconds, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens, "outputs": outputs}

@@ -98,7 +98,7 @@ def test_cache_options_are_checked(model):
     with pytest.raises(ValueError, match="unknown cache 'paged'"):
         unmask.generate(model, prompt, cache="paged")
     with pytest.raises(ValueError, match="refresh_every needs a cache"):
-        unmask.generate(model, prompt, refresh_every=2)
+        unmask.generate(model, prompt, strategy="low_confidence", refresh_every=2)
     with pytest.raises(ValueError, match="refresh_every must be at least 1"):
         unmask.generate(model, prompt, cache="dual", refresh_every=0)
     ar = random_model("ar", seed=1)

@@ -90,7 +90,8 @@ def test_more_steps_than_tokens_skips_empty_steps(model):
     """Steps that would commit nothing are skipped, and the result equals one token per step."""
     prompt = random_prompt(4, seed=11)
     many = unmask.generate(model, prompt, max_new_tokens=4, block_size=4, steps=10, stop_at_eos=False)
-    one = unmask.generate(model, prompt, max_new_tokens=4, block_size=4, steps=None, stop_at_eos=False)
+    one = unmask.generate(model, prompt, strategy="low_confidence", max_new_tokens=4, block_size=4, steps=None,
+                          stop_at_eos=False)
     assert many.nfe == 4
     assert many.token_ids.tolist() == one.token_ids.tolist()
 

@@ -20,7 +20,7 @@ from unmask.decode.sampling import gumbel_argmax, sample_next
 from unmask.decode.schedule import block_spans, steps_per_block
 from unmask.decode.strategies.base import Strategy
 from unmask.engine.request import Request, RequestOutput
-from unmask.generation import DEFAULT_BLOCK_SIZE, check_request, default_strategy
+from unmask.generation import DEFAULT_BLOCK_SIZE, check_request, with_defaults
 from unmask.models.kv_cache import KVCache
 
 
@@ -62,23 +62,27 @@ class Runner:
     def admit(self, req: Request) -> None:
         """Validate a request and build its row; raises ValueError with one sentence if it cannot run."""
         p = req.params
-        strategy = p.strategy or default_strategy(self.model)
+        strategy, cache, options = with_defaults(self.model, p.strategy, p.cache, dict(p.options))
+        cache = None if cache == "exact" else cache  # the engine recomputes block-causal rows whole
         prompt = torch.tensor([req.prompt_ids], dtype=torch.long)
         check_request(self.model, prompt, p.max_new_tokens, strategy)
         gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
         if self.ar:
-            if p.options:
-                raise ValueError(f"strategy 'ar' does not take {', '.join(sorted(p.options))}")
+            if strategy != "ar":
+                raise ValueError(f"the engine decodes autoregressive models with strategy 'ar', not {strategy!r}")
+            unknown = sorted(set(options) - {"top_k", "top_p"})
+            if unknown:
+                raise ValueError(f"strategy 'ar' does not take {', '.join(unknown)}")
             self.rows[req.request_id] = ARRow(prompt[0], gen)
             return
-        if p.cache not in (None, "dual"):
-            raise ValueError(f"the engine offers cache 'dual' or none, not {p.cache!r}")
-        rule = make_strategy(strategy, **p.options)
+        if cache not in (None, "dual"):
+            raise ValueError(f"the engine offers cache 'dual' or none, not {cache!r}")
+        rule = make_strategy(strategy, **options)
         N, P = p.max_new_tokens, len(req.prompt_ids)
         block = min(p.block_size or DEFAULT_BLOCK_SIZE, N)
         x = torch.cat([prompt[0], torch.full((N,), self.mask_id, dtype=torch.long)])
         self.rows[req.request_id] = DiffusionRow(x, P, [(P + s, P + e) for s, e in block_spans(N, block)],
-                                                 steps_per_block(N, block, p.steps), rule, gen, p.cache == "dual")
+                                                 steps_per_block(N, block, p.steps), rule, gen, cache == "dual")
 
     def release(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
