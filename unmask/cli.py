@@ -67,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true",
                    help="load test instead: concurrent streaming clients against `unmask serve` (serve.json/md/png)")
     p.add_argument("--seconds", type=float, help="--serve: seconds per concurrency level (default 20; --quick 5)")
+    p.add_argument("--clients", default="1,4,16,32", help="--serve: concurrency levels, comma-separated")
     p.add_argument("--published-shapes", action="store_true",
                    help="load and decode random weights at LLaDA-8B's shapes times --fraction "
                         "(published_shapes.json/md)")
@@ -210,7 +211,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         if args.seconds is not None and args.seconds <= 0:
             raise UserError(f"--seconds must be above 0, not {args.seconds}")
-        report = run_serve_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json, seconds=args.seconds)
+        try:
+            levels = tuple(int(c) for c in args.clients.split(","))
+        except ValueError:
+            raise UserError(f"--clients takes numbers like 1,4,16,32, not {args.clients!r}") from None
+        if not levels or min(levels) < 1:
+            raise UserError("--clients needs concurrency levels of at least 1")
+        report = run_serve_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json,
+                                 seconds=args.seconds, concurrency=levels)
         print(json.dumps(report) if args.json else serve_markdown(report))
         return
     report = run_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json)
