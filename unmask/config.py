@@ -74,7 +74,7 @@ class TrainConfig:
     name: str
     task: str  # "sort" or "shakespeare"
     model: ModelConfig
-    objective: Literal["mdm", "ar", "isd"] = "mdm"
+    objective: Literal["mdm", "ar", "isd", "bd"] = "mdm"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3

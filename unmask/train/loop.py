@@ -22,7 +22,7 @@ from unmask.data import get_task
 from unmask.models.checkpoints import atomic_write, count_params, save_model
 from unmask.models.transformer import Transformer
 from unmask.tokenizers import CharTokenizer
-from unmask.train.objectives import ar_loss, isd_loss, mdm_elbo, mdm_loss
+from unmask.train.objectives import ar_loss, bd_loss, isd_loss, mdm_elbo, mdm_loss
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "metrics.jsonl"
@@ -58,11 +58,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
+DIFFUSION_OBJECTIVES = ("mdm", "bd")  # answers EOS-filled to a window, as a diffusion model decodes them
+
+
 def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, generator: torch.Generator) -> torch.Tensor:
     if cfg.objective == "mdm":
         return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator)
     if cfg.objective == "isd":
         return isd_loss(model, batch, mask_id, cfg.model.ahead, generator=generator)
+    if cfg.objective == "bd":
+        return bd_loss(model, batch, mask_id, cfg.model.block_size, generator=generator)
     return ar_loss(model, batch)
 
 
@@ -72,9 +77,12 @@ def evaluate_loss(model: Transformer, cfg: TrainConfig, tok: CharTokenizer, task
     model.eval()
     losses = []
     for i in range(cfg.eval_batches):
-        batch = task.eval_batch(tok, cfg.batch_size, i, diffusion=cfg.objective == "mdm", seq_len=cfg.seq_len)
+        batch = task.eval_batch(tok, cfg.batch_size, i, diffusion=cfg.objective in DIFFUSION_OBJECTIVES, seq_len=cfg.seq_len)
         if cfg.objective == "mdm":
             losses.append(mdm_elbo(model, batch, tok.mask_token_id, seed=i))
+        elif cfg.objective == "bd":  # a fixed draw of per-block noise levels: comparable across evals
+            losses.append(float(bd_loss(model, batch, tok.mask_token_id, cfg.model.block_size,
+                                        generator=torch.Generator().manual_seed(i))))
         else:
             losses.append(float(ar_loss(model, batch)))
     model.train()
@@ -125,7 +133,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     tokens_seen, t_last = 0, time.time()
     for step in bar:
         seed = f"{cfg.seed}-{step}-{rank}"
-        batch = task.train_batch(tok, cfg.batch_size // world, seed, diffusion=cfg.objective == "mdm",
+        batch = task.train_batch(tok, cfg.batch_size // world, seed, diffusion=cfg.objective in DIFFUSION_OBJECTIVES,
                                  seq_len=cfg.seq_len)
         gen = torch.Generator().manual_seed(hash_seed(seed))
         for group in opt.param_groups:
