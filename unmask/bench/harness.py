@@ -28,7 +28,7 @@ from unmask.generation import generate
 from unmask.models.checkpoints import load_model
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
-OPTIONAL_MODELS = {"isd": "sort-isd"}  # benchmarked when bundled
+OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd"}  # benchmarked when bundled
 EVAL_BATCH = 32
 
 

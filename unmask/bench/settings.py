@@ -37,6 +37,10 @@ def make_settings(quick: bool = False) -> list[Setting]:
     rows = [Setting("ar", "AR greedy (KV cache)", "ar", {"strategy": "ar"}),
             Setting("isd-ar", "sort-isd as plain AR greedy (KV cache)", "isd", {"strategy": "ar"}),
             Setting("isd", "ISD greedy (sort-isd, 4 slots ahead)", "isd", {"strategy": "isd"}),
+            Setting("bd", "sort-bd threshold 0.9, blocks of 4 (no cache)", "bd",
+                    {"strategy": "threshold", "threshold": TAU, "block_size": 4}),
+            Setting("bd+exact", "sort-bd threshold 0.9, blocks of 4 + exact cache", "bd",
+                    {"strategy": "threshold", "threshold": TAU, "block_size": 4, "cache": "exact"}),
             diffusion("vanilla", "low_confidence, 1 token/step (vanilla)", strategy="low_confidence"),
             diffusion("vanilla+ec", "low_confidence + early commit", strategy="low_confidence", early_commit=True),
             diffusion("threshold", f"threshold {TAU}", **th)]
