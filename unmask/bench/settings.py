@@ -41,6 +41,7 @@ def make_settings(quick: bool = False) -> list[Setting]:
                     {"strategy": "threshold", "threshold": TAU, "block_size": 4}),
             Setting("bd+exact", "sort-bd threshold 0.9, blocks of 4 + exact cache", "bd",
                     {"strategy": "threshold", "threshold": TAU, "block_size": 4, "cache": "exact"}),
+            Setting("bd+d2f", "sort-bd d2f pipeline (tau_conf 0.9, add 0.1, act 0.95)", "bd", {"strategy": "d2f"}),
             diffusion("vanilla", "low_confidence, 1 token/step (vanilla)", strategy="low_confidence"),
             diffusion("vanilla+ec", "low_confidence + early commit", strategy="low_confidence", early_commit=True),
             diffusion("threshold", f"threshold {TAU}", **th)]

@@ -19,11 +19,12 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "verifier": Verifier,
 }
 AR_STRATEGY = "ar"  # left-to-right decoding of causal models (unmask.decode.autoregressive)
+D2F_STRATEGY = "d2f"  # pipelined inter-block decoding of block-causal models (unmask.decode.pipeline)
 ISD_STRATEGY = "isd"  # introspective strided decoding of causal models trained to draft ahead (unmask.decode.strided)
 
 
 def strategy_names() -> list[str]:
-    return [*STRATEGIES, AR_STRATEGY, ISD_STRATEGY]
+    return [*STRATEGIES, D2F_STRATEGY, AR_STRATEGY, ISD_STRATEGY]
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:
