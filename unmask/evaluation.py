@@ -50,10 +50,12 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | None = None, limit: int | None = None,
                   batch_size: int = 32, max_new_tokens: int | None = None, progress: bool = False,
-                  **gen_kwargs: Any) -> dict[str, Any]:
-    """Exact-match accuracy on the held-out split; speed figures count tokens up to and including EOS."""
+                  examples: list | None = None, **gen_kwargs: Any) -> dict[str, Any]:
+    """Exact-match accuracy on the held-out split (or on `examples`, e.g. training ones for calibration);
+    speed figures count tokens up to and including EOS."""
     name = strategy or default_strategy(model)
-    examples = task.test_examples[:limit] if limit else task.test_examples
+    examples = examples if examples is not None else task.test_examples
+    examples = examples[:limit] if limit else examples
     max_new_tokens = max_new_tokens or task.max_window
     tok = model.tokenizer
     correct = tokens = row_forwards = 0

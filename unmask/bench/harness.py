@@ -123,6 +123,25 @@ def latency(loaded: dict[str, torch.nn.Module], task: SortTask, settings: list[S
             for s in settings}
 
 
+def calibrated_rows(model: torch.nn.Module, task: SortTask, settings: list[Setting], quick: bool
+                    ) -> dict[str, tuple[Setting | None, dict[str, Any]]]:
+    """For each early-commit row, the same row with gaps calibrated on training examples (bench.calibrate)."""
+    from unmask.bench.calibrate import calibrate_early_commit
+
+    out = {}
+    for s in settings:
+        if s.model == "diffusion" and s.options.get("early_commit") is True:
+            base = {k: v for k, v in s.options.items() if k != "early_commit"}
+            info = calibrate_early_commit(model, task, base, n=100 if quick else 200)
+            row = None
+            if info["gaps"] is not None:
+                gaps = info["gaps"]
+                row = Setting(f"{s.key}-cal", f"{s.label} (gaps x{info['scale']:g}, calibrated on training examples)",
+                              "diffusion", {**base, "early_commit": gaps})
+            out[s.key] = (row, info)
+    return out
+
+
 def available(models: dict[str, str]) -> dict[str, str]:
     from unmask.models.checkpoints import bundled_models
 
@@ -159,6 +178,8 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
     limit, k = (100, 3) if quick else (1000, 10)
     buckets = length_buckets(task, k)
     settings = [s for s in make_settings(quick) if s.model in names]
+    calibration = calibrated_rows(loaded["diffusion"], task, settings, quick)
+    settings += [row for row, _ in calibration.values() if row is not None]
 
     results = []
     bar = tqdm(settings, desc="accuracy", disable=not progress, file=sys.stderr)
@@ -181,9 +202,11 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
                            "latency_batch_size": 1, "max_new_tokens": task.max_window, "block_size": BLOCK_SIZE,
                            "warmup_calls_per_setting": 1, "order": "settings interleaved per example, start rotated",
                            "timer": "time.perf_counter around unmask.generate"},
-              "settings": results, "summary": summarise(results)}
+              "settings": results, "summary": summarise(results),
+              "early_commit_calibration": {key: info for key, (_, info) in calibration.items()}}
     if with_text:
-        plain = [s for s in settings if s.model in ("ar", "diffusion") and s.options.get("strategy") != "verifier"]
+        plain = [s for s in settings if s.model in ("ar", "diffusion") and s.options.get("strategy") != "verifier"
+                 and not s.key.endswith("-cal")]  # sort-calibrated gaps mean nothing for text
         report["text"] = run_text(plain, quick=quick, progress=progress, models=text_models)
     report["wall_seconds"] = time.perf_counter() - t_start
     write_report(report, Path(out_dir))

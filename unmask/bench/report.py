@@ -41,7 +41,8 @@ def summarise(settings: list[dict[str, Any]]) -> dict[str, Any]:
     keeps = [r for r in rows if r["key"] != "vanilla" and vanilla and r["accuracy"] >= vanilla["accuracy"] - 0.01]
     best = max(keeps, key=lambda r: r["tokens_per_second"], default=None)
     early = []
-    for key, plain in (("vanilla+ec", "vanilla"), ("threshold+dual+ec", "threshold+dual")):
+    for key, plain in (("vanilla+ec", "vanilla"), ("threshold+dual+ec", "threshold+dual"),
+                       ("vanilla+ec-cal", "vanilla"), ("threshold+dual+ec-cal", "threshold+dual")):
         if key in by_key and plain in by_key:
             early.append({"with": key, "without": plain,
                           "fewer_forwards": ratio(by_key[plain]["nfe_mean"], by_key[key]["nfe_mean"]),
@@ -101,7 +102,7 @@ def markdown(report: Report) -> str:
                       f"{fmt_ratio(best['vs_vanilla'])} vanilla and {fmt_ratio(best['vs_ar'])} AR "
                       f"(accuracy {best['accuracy']:.3f}; vanilla {summ['vanilla_accuracy']:.3f}, AR {ar_acc})."]
     for e in summ.get("early_commit", []):
-        lines.append(f"Early commit on {e['without']}: {fmt_ratio(e['fewer_forwards'])} fewer forwards "
+        lines.append(f"Early commit ({e['with']}) on {e['without']}: {fmt_ratio(e['fewer_forwards'])} fewer forwards "
                      f"(batch-32 NFE), accuracy change {e['accuracy_change'] * 100:+.1f} points.")
     if summ.get("isd"):
         i = summ["isd"]
