@@ -36,7 +36,7 @@ RECIPES: dict[str, TrainConfig] = {
     "sort-bd": TrainConfig(
         name="sort-bd", task="sort", objective="bd",
         model=dataclasses.replace(SORT_MODEL, kind="block-diffusion", block_size=4),
-        steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        steps=2000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         task_options=SORT_OPTIONS,
         description="block-diffusion sorter (BD3-LM objective, blocks of 4, clipped mask rates 0.3-0.8); "
                     "decode with the exact cache"),
