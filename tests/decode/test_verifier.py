@@ -39,21 +39,25 @@ def review(rule: str, q_block: list[float], commit: list[bool], conf: list[float
     ar.q = torch.tensor([[0.9] * P + q_block])
     x0 = torch.arange(20, 20 + Lb)[None]
     c = torch.tensor([conf], dtype=torch.float64)
-    return v.review(x, None, torch.arange(P + Lb)[None], (P, P + Lb), x0, c, torch.tensor([commit]))[0].tolist()
+    keep, new_x0 = v.review(x, None, torch.arange(P + Lb)[None], (P, P + Lb), x0, c, torch.tensor([commit]))
+    return keep[0].tolist(), new_x0[0].tolist()
 
 
 def test_prob_rule_rejects_each_unlikely_commit():
-    assert review("prob", [0.9, 0.2, 0.8, 0.1], [True, True, True, False], [0.9, 0.8, 0.7, 0.6]) == \
-        [True, False, True, False]
+    keep, x0 = review("prob", [0.9, 0.2, 0.8, 0.1], [True, True, True, False], [0.9, 0.8, 0.7, 0.6])
+    assert keep == [True, False, True, False] and x0 == [20, 21, 22, 23]
 
 
 def test_first_rule_rejects_from_the_first_unlikely_commit_on():
-    assert review("first", [0.9, 0.2, 0.8, 0.9], [True, True, True, True], [0.9, 0.8, 0.7, 0.6]) == \
-        [True, False, False, False]
+    keep, _ = review("first", [0.9, 0.2, 0.8, 0.9], [True, True, True, True], [0.9, 0.8, 0.7, 0.6])
+    assert keep == [True, False, False, False]
 
 
-def test_all_rejected_keeps_the_most_confident_commit():
-    assert review("prob", [0.1, 0.2, 0.3], [True, True, False], [0.5, 0.8, 0.9]) == [False, True, False]
+def test_all_rejected_commits_the_verifiers_own_choice_at_the_first_mask():
+    """No rejected proposal gets in: the first masked position takes the verifier's argmax instead."""
+    keep, x0 = review("prob", [0.1, 0.2, 0.3], [True, True, False], [0.5, 0.8, 0.9])
+    assert keep == [True, False, False]
+    assert x0[0] == 21  # FixedAR puts the rest of its mass (0.9) on proposal + 1: its own choice
 
 
 @pytest.fixture(scope="module")

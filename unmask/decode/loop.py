@@ -60,7 +60,7 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
             x0 = gumbel_argmax(logits, temperature, generator, forbid=mask_id)  # (B, Lb)
             conf = strategy.confidence(logits, x0, generator).masked_fill(~masked, float("-inf"))
             commit = strategy.select(step, conf, masked) & masked
-            commit = strategy.review(x, valid, positions, (s, e), x0, conf, commit)
+            commit, x0 = strategy.review(x, valid, positions, (s, e), x0, conf, commit)
             block[commit] = x0[commit]
             if early_commit is not None:
                 commit_all(x, window, early_commit, P, gen_length, mask_id, temperature, generator)

@@ -33,9 +33,11 @@ class Strategy:
         """Refuse (ValueError) a model this rule cannot decode; called once per generation."""
 
     def review(self, x: torch.Tensor, valid: torch.Tensor | None, positions: torch.Tensor, span: tuple[int, int],
-               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor) -> torch.Tensor:
-        """A second look at `commit` `# (B, Lb)` with the whole sequence x `# (B, T)` in view; default: keep all."""
-        return commit
+               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A second look at `commit` and the proposals x0 `# (B, Lb)` with the whole sequence x `# (B, T)`
+        in view; returns the (commit, x0) to apply. Default: keep all."""
+        return commit, x0
 
 
 def top_k_per_row(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

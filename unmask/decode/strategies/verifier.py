@@ -7,7 +7,8 @@ position) in one causal forward pass, and each proposed commit the verifier find
 to [MASK] to be decoded again later:
   rule "prob":   reject a commit whose verifier probability, given the draft before it, is below `accept`;
   rule "first":  reject from the row's first such commit onward (later tokens were read after an error).
-A row whose every commit is rejected keeps its most confident one, so each step still makes progress.
+A row whose every commit is rejected still makes progress without accepting a rejected token: it
+commits, at its first masked position (whose prefix is all final), the verifier's own choice.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import functools
 
 import torch
 
-from unmask.decode.strategies.base import at_least_one
 from unmask.decode.strategies.threshold import Threshold
 
 RULES = ("prob", "first")
@@ -52,7 +52,8 @@ class Verifier(Threshold):
 
     @torch.no_grad()
     def review(self, x: torch.Tensor, valid: torch.Tensor | None, positions: torch.Tensor, span: tuple[int, int],
-               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor) -> torch.Tensor:
+               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         s, e = span
         draft = x[:, :e].clone()  # (B, e): prompt, earlier blocks, then this block's draft
         block = draft[:, s:]
@@ -60,9 +61,17 @@ class Verifier(Threshold):
         block[masked] = x0[masked]
         logits = self.ar(draft, positions[:, :e], valid=None if valid is None else valid[:, :e])  # (B, e, V)
         self.verifier_forwards += 1
-        p = torch.softmax(logits[:, s - 1:e - 1].float(), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
+        scores = logits[:, s - 1:e - 1].float()  # (B, Lb, V): the verifier's next-token view of each position
+        p = torch.softmax(scores, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
         reject = commit & (p < self.accept)
         if self.rule == "first":
             reject = commit & (reject.long().cumsum(dim=-1) > 0)
         keep = commit & ~reject
-        return at_least_one(keep, confidence.masked_fill(~commit, float("-inf")), commit)
+        starved = masked.any(dim=-1) & ~keep.any(dim=-1)  # (B,)
+        if starved.any():
+            first = masked.long().argmax(dim=-1)  # (B,) first masked position: its prefix is final
+            rows = starved.nonzero().squeeze(1)
+            x0 = x0.clone()
+            x0[rows, first[rows]] = scores[rows, first[rows]].argmax(dim=-1)
+            keep[rows, first[rows]] = True
+        return keep, x0
