@@ -125,13 +125,13 @@ async def load(base: str, name: str, prompts: list[str], extra: dict[str, Any], 
 
 
 def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, seconds: float | None = None,
-                    concurrency: tuple[int, ...] = CONCURRENCY, models: dict[str, str] | None = None
-                    ) -> dict[str, Any]:
+                    concurrency: tuple[int, ...] = CONCURRENCY, models: dict[str, str] | None = None,
+                    roles: tuple[str, ...] = ("diffusion", "ar")) -> dict[str, Any]:
     from unmask.bench.serving_report import write_serve_report
 
-    names = {**SERVE_MODELS, **(models or {})}
+    names = {role: name for role, name in {**SERVE_MODELS, **(models or {})}.items() if role in roles}
     seconds = seconds or (5.0 if quick else 20.0)
-    task = task_of(load_model(names["diffusion"]))
+    task = task_of(load_model(next(iter(names.values()))))
     prompts = [ex.prompt for ex in task.test_examples[:200]]
     rows = []
     for role, model in names.items():
