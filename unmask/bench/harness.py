@@ -175,7 +175,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
               "(set OMP_WAIT_POLICY=PASSIVE before starting Python)", file=sys.stderr)
     loaded = {role: load_model(path) for role, path in names.items()}
     task = check_same_task({role: task_of(m) for role, m in loaded.items()})
-    limit, k = (100, 3) if quick else (1000, 10)
+    limit, k = (100, 3) if quick else (500, 10)
     buckets = length_buckets(task, k)
     settings = [s for s in make_settings(quick) if s.model in names]
     calibration = calibrated_rows(loaded["diffusion"], task, settings, quick)
