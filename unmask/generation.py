@@ -23,7 +23,7 @@ AR_ONLY_PARAMS = ("top_k", "top_p")
 DEFAULT_DECODING: dict[str, dict[str, Any]] = {
     "ar": {"strategy": AR_STRATEGY},
     "diffusion": {"strategy": "threshold", "threshold": 0.9, "cache": "dual"},
-    "block-diffusion": {"strategy": "threshold", "threshold": 0.9, "cache": "exact"},
+    "block-diffusion": {"strategy": "d2f"},  # per-row blocks on the model's own grid, cached exactly
 }
 
 
@@ -91,7 +91,9 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
         return autoregress(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                            stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator, **strategy_params)
     rule = make_strategy(strategy, **strategy_params)
-    block = min(block_size or DEFAULT_BLOCK_SIZE, max_new_tokens)
+    # A block-causal model was trained to denoise one of its blocks after clean ones: decode that size.
+    default_block = model.config.block_size if model.config.kind == "block-diffusion" else DEFAULT_BLOCK_SIZE
+    block = min(block_size or default_block, max_new_tokens)
     return denoise(model, prompt_ids, rule, gen_length=max_new_tokens, block_size=block, steps=steps,
                    temperature=temperature, stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator,
                    cache=make_cache(cache, refresh_every), early_commit=early_commit_rule(early_commit))
