@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
     p.add_argument("--max-steps", type=int, help="override the recipe's number of optimizer steps")
     p = sub.add_parser("bench", help="AR against diffusion: latency, speed and accuracy in one run")
-    p.add_argument("--quick", action="store_true", help="a small run (under 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="a small run: 100 examples, 3 timings per bucket")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--serve", action="store_true",
                    help="load test instead: concurrent streaming clients against `unmask serve` (serve.json/md/png)")
