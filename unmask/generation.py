@@ -22,7 +22,7 @@ AR_ONLY_PARAMS = ("top_k", "top_p")
 # accuracy (README "Benchmark"). Naming a strategy opts out of all of it: `low_confidence` alone is vanilla.
 DEFAULT_DECODING: dict[str, dict[str, Any]] = {
     "ar": {"strategy": AR_STRATEGY},
-    "diffusion": {"strategy": "threshold", "threshold": 0.9, "cache": "dual"},
+    "diffusion": {"strategy": "threshold", "threshold": 0.9, "confidence": "entropy", "cache": "dual"},
     "block-diffusion": {"strategy": "d2f"},  # per-row blocks on the model's own grid, cached exactly
 }
 
