@@ -95,3 +95,25 @@ def test_verifier_options_are_checked(pair):
         unmask.generate(mdm, prompt, strategy="verifier", verifier=mdm)
     with pytest.raises(ValueError, match="share the model's tokenizer"):
         unmask.generate(mdm, prompt, strategy="verifier", verifier=random_model("ar", vocab_size=50))
+
+
+def test_verifier_decoding_stops_at_eos(pair):
+    """A row whose proposals reach EOS ends there: nothing from the EOS on is returned, batches included."""
+    mdm, ar = pair
+
+    class EosAt(torch.nn.Module):  # the dLLM proposes EOS (surely) at one position of row 0
+        def __init__(self):
+            super().__init__()
+            for name in ("config", "tokenizer", "mask_token_id", "eos_token_id", "pad_token_id"):
+                setattr(self, name, getattr(mdm, name))
+
+        def forward(self, ids, positions=None, **kw):
+            logits = mdm(ids, positions, **kw)
+            logits[0][positions[0] == 6, mdm.eos_token_id] += 50.0
+            return logits
+
+    prompt = random_prompt(4, seed=3, batch=2)
+    out = unmask.generate(EosAt(), prompt, strategy="verifier", verifier=ar, threshold=0.3, accept=1e-6,
+                          max_new_tokens=16, block_size=8)
+    assert out.lengths[0] == 2 and out.finished[0]
+    assert mdm.eos_token_id not in out.token_ids[0].tolist() and not bool((out.token_ids == MASK).any())
