@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,8 @@ import pytest
 import torch
 
 import unmask
+from unmask.bench.serving import free_port
 from unmask.evaluation import prompt_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: str, *extra: str):

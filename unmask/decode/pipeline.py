@@ -17,10 +17,10 @@ import time
 
 import torch
 
+from unmask.decode.cache_policy import ExactBlockCache
 from unmask.decode.confidence import get_measure
 from unmask.decode.result import GenerationResult, cut_at_eos
 from unmask.decode.sampling import gumbel_argmax
-from unmask.models.kv_cache import KVCache
 
 
 def grid_blocks(prompt_len: int, total: int, size: int) -> list[tuple[int, int]]:
@@ -40,8 +40,9 @@ def pipeline_row(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: i
     T = P + max_new_tokens
     x = torch.cat([prompt, torch.full((max_new_tokens,), mask_id, dtype=torch.long)])[None]  # (1, T)
     blocks = grid_blocks(P, T, size)
-    cache = KVCache.for_model(model, 1, T)
-    committed, added, nfe = 0, 1, 0  # slots with final keys/values; blocks in flight or done
+    cache = ExactBlockCache()  # the exact cache block decoding uses: one window over every block in flight
+    cache.start(model, x, torch.arange(T)[None], None, shift=False)
+    added, nfe = 1, 0  # blocks in flight or done; forward passes
 
     def share(k: int) -> float:
         s, e = blocks[k]
@@ -56,15 +57,11 @@ def pipeline_row(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: i
             added += 1  # the pipeline ran dry: start the next block
             continue
         s, e = blocks[first][0], blocks[added - 1][1]
-        end = min(T, -(-e // size) * size)  # to the end of the model block holding e-1
-        offset = committed  # column of the window's first row
-        cache.trim(offset)
-        logits = model(x[:, offset:end], cache=cache, start=offset)[0, :e - offset]  # (W, V)
+        window = cache.step(x, (s, e), 0)
         nfe += 1
-        committed = s // size * size  # everything before first's model block saw only finished blocks
         for k in range(first, added):
             bs, be = blocks[k]
-            block_logits = logits[bs - offset:be - offset][None]  # (1, Lb, V)
+            block_logits = window.at(bs, be)  # (1, Lb, V)
             masked = x[0, bs:be] == mask_id
             if not masked.any():
                 continue

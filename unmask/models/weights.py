@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
 
 def open_checked(path: Path):
     try:
@@ -24,9 +26,7 @@ def stored_dtype(path: Path) -> torch.dtype | None:
     """The dtype of the first floating-point tensor in the file (None if it holds none)."""
     with open_checked(path) as f:
         for name in f.keys():
-            dtype = f.get_slice(name).get_dtype()
-            torch_dtype = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
-                           "F16": torch.float16}.get(dtype)
+            torch_dtype = FLOAT_DTYPES.get(f.get_slice(name).get_dtype())
             if torch_dtype is not None:
                 return torch_dtype
     return None
