@@ -74,7 +74,7 @@ class TrainConfig:
     name: str
     task: str  # "sort" or "shakespeare"
     model: ModelConfig
-    objective: Literal["mdm", "ar", "isd", "bd"] = "mdm"
+    objective: Literal["mdm", "ar", "isd", "bd", "d2f", "sdtt"] = "mdm"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
@@ -88,5 +88,20 @@ class TrainConfig:
     seed: int = 0
     seq_len: int = 128  # text tasks: tokens per training crop
     mask_eps: float = 1e-3  # MDM: t ~ U(eps, 1)
+    # Mask-rate curriculum (mdm): t's upper end grows linearly from curriculum_start to 1 over the
+    # first curriculum_steps steps, easy (few masks) to hard; 0 turns it off.
+    curriculum_steps: int = 0
+    curriculum_start: float = 0.2
+    # Distillation (d2f, sdtt): the teacher, a bundled name or a model folder; the student starts as its copy.
+    teacher: str | None = None
+    rounds: int = 1  # sdtt: rounds over `steps`; each starts from the last round's student as teacher
+    step_tokens: int = 2  # sdtt: tokens the teacher commits per step in the first round (then doubling)
+    distill_block: int = 16  # sdtt: the block length of the block-by-block decoding it trains for
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.step_tokens < 1 or self.distill_block < 1:
+            raise ValueError("rounds, step_tokens and distill_block must each be at least 1")
+        if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
+            raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")
     task_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""

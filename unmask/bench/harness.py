@@ -28,7 +28,7 @@ from unmask.generation import generate
 from unmask.models.checkpoints import load_model
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
-OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd"}  # benchmarked when bundled
+OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd", "d2f": "sort-d2f", "sdtt": "sort-mdm-sdtt"}  # when bundled
 EVAL_BATCH = 32
 
 
@@ -177,7 +177,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
     task = check_same_task({role: task_of(m) for role, m in loaded.items()})
     limit, k = (100, 3) if quick else (500, 10)
     buckets = length_buckets(task, k)
-    settings = [s for s in make_settings(quick) if s.model in names]
+    settings = [s for s in make_settings(quick, task.max_window) if s.model in names]
     calibration = calibrated_rows(loaded["diffusion"], task, settings, quick)
     settings += [row for row, _ in calibration.values() if row is not None]
 

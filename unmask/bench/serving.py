@@ -21,14 +21,14 @@ from typing import Any, Iterator
 
 import httpx
 
-from unmask.bench.settings import BLOCK_SIZE, TAU
+from unmask.bench.settings import TAU
 from unmask.evaluation import task_of
 from unmask.models.checkpoints import load_model
 
 CONCURRENCY = (1, 4, 16, 32)
 SERVE_MODELS = {"diffusion": "sort-mdm", "ar": "sort-ar"}
-# The fast rule the offline benchmark backs; the server's default would be the model's own default.
-DIFFUSION_OPTIONS = {"strategy": "threshold", "threshold": TAU, "block_size": BLOCK_SIZE, "cache": "dual"}
+# Fast-dLLM's rule and block; the server's default would be the model's own default.
+DIFFUSION_OPTIONS = {"strategy": "threshold", "threshold": TAU, "block_size": 16, "cache": "dual"}
 
 
 def free_port() -> int:

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from unmask.config import ModelConfig, TrainConfig
 from unmask.data import get_task
-from unmask.models.checkpoints import atomic_write, count_params, save_model
+from unmask.models.checkpoints import atomic_write, count_params, load_model, save_model
 from unmask.models.transformer import Transformer
 from unmask.tokenizers import CharTokenizer
+from unmask.train.distill import d2f_loss, sdtt_loss
 from unmask.train.objectives import ar_loss, bd_loss, isd_loss, mdm_elbo, mdm_loss
 
 STATE_FILE = "train_state.pt"
@@ -58,27 +59,67 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
-DIFFUSION_OBJECTIVES = ("mdm", "bd")  # answers EOS-filled to a window, as a diffusion model decodes them
+# answers EOS-filled to a window, as a diffusion model decodes them
+DIFFUSION_OBJECTIVES = ("mdm", "bd", "d2f", "sdtt")
+DISTILL_OBJECTIVES = ("d2f", "sdtt")
 
 
-def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, generator: torch.Generator) -> torch.Tensor:
+def curriculum_t_max(step: int, cfg: TrainConfig) -> float:
+    """The largest mask rate drawn at `step`: 1 without a curriculum."""
+    if cfg.curriculum_steps <= 0:
+        return 1.0
+    return cfg.curriculum_start + (1 - cfg.curriculum_start) * min(1.0, step / cfg.curriculum_steps)
+
+
+def round_of(step: int, cfg: TrainConfig) -> int:
+    """Which distillation round `step` belongs to (sdtt): `steps` split into `rounds` equal parts."""
+    return min(step // -(-cfg.steps // cfg.rounds), cfg.rounds - 1)
+
+
+def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, generator: torch.Generator,
+            step: int = 0, teacher: torch.nn.Module | None = None) -> torch.Tensor:
     if cfg.objective == "mdm":
-        return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator)
+        return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator,
+                        t_max=curriculum_t_max(step, cfg))
     if cfg.objective == "isd":
         return isd_loss(model, batch, mask_id, cfg.model.ahead, generator=generator)
     if cfg.objective == "bd":
         return bd_loss(model, batch, mask_id, cfg.model.block_size, generator=generator)
+    if cfg.objective == "d2f":
+        return d2f_loss(model, teacher, batch, mask_id, cfg.model.block_size, generator=generator)
+    if cfg.objective == "sdtt":
+        return sdtt_loss(model, teacher, batch, mask_id, cfg.distill_block,
+                         cfg.step_tokens * 2 ** round_of(step, cfg), generator=generator)
     return ar_loss(model, batch)
 
 
+def load_teacher(cfg: TrainConfig, student: Transformer) -> Transformer:
+    """The frozen teacher; its weights must fit the student's shape (only the attention kind may differ)."""
+    if not cfg.teacher:
+        raise ValueError(f"objective {cfg.objective!r} distils from a teacher: set the recipe's teacher")
+    teacher = load_model(cfg.teacher)
+    theirs, ours = teacher.state_dict(), student.state_dict()
+    wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if wrong:
+        raise ValueError(f"teacher {cfg.teacher!r} does not fit the student's shape (first mismatch: {wrong[0]}); "
+                         "the student's model config must copy the teacher's dimensions")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
 @torch.no_grad()
-def evaluate_loss(model: Transformer, cfg: TrainConfig, tok: CharTokenizer, task) -> float:
-    """Held-out loss: diffusion ELBO bound per token, or AR NLL per token (nats)."""
+def evaluate_loss(model: Transformer, cfg: TrainConfig, tok: CharTokenizer, task,
+                  teacher: Transformer | None = None) -> float:
+    """Held-out loss: diffusion ELBO bound per token, AR NLL per token (nats), or d2f's KL to the teacher."""
     model.eval()
     losses = []
     for i in range(cfg.eval_batches):
         batch = task.eval_batch(tok, cfg.batch_size, i, diffusion=cfg.objective in DIFFUSION_OBJECTIVES, seq_len=cfg.seq_len)
-        if cfg.objective == "mdm":
+        if cfg.objective == "d2f":  # the student's distance to its teacher on a fixed draw
+            losses.append(float(d2f_loss(model, teacher, batch, tok.mask_token_id, cfg.model.block_size,
+                                         generator=torch.Generator().manual_seed(i))))
+        elif cfg.objective in ("mdm", "sdtt"):
             losses.append(mdm_elbo(model, batch, tok.mask_token_id, seed=i))
         elif cfg.objective == "bd":  # a fixed draw of per-block noise levels: comparable across evals
             losses.append(float(bd_loss(model, batch, tok.mask_token_id, cfg.model.block_size,
@@ -111,6 +152,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     tok = CharTokenizer()
     task = get_task(cfg.task, **cfg.task_options)
     model = build_model(cfg, tok)
+    teacher = load_teacher(cfg, model) if cfg.objective in DISTILL_OBJECTIVES else None
+    if teacher is not None:
+        model.load_state_dict(teacher.state_dict())  # the student starts as the teacher
     opt = make_optimizer(model, cfg)
     start, prior_seconds = 0, 0.0
     state_path = out / STATE_FILE
@@ -121,6 +165,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, prior_seconds = state["step"], state.get("train_seconds", 0.0)
+        if teacher is not None and "teacher" in state:  # sdtt: a later round's teacher is an earlier student
+            teacher.load_state_dict(state["teacher"])
         if rank == 0:
             _truncate_log(out, start)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -138,7 +184,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         gen = torch.Generator().manual_seed(hash_seed(seed))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = loss_on(ddp, batch, cfg, tok.mask_token_id, gen)
+        if cfg.objective == "sdtt" and step > 0 and round_of(step, cfg) != round_of(step - 1, cfg):
+            if rank == 0:  # the finished round's student, kept for the steps-per-block table
+                save_model(model, tok, out / f"round-{round_of(step - 1, cfg) + 1}",
+                           _meta(cfg, model, step, prior_seconds + time.time() - t0))
+            teacher.load_state_dict(model.state_dict())  # self-distillation: the student teaches the next round
+        loss = loss_on(ddp, batch, cfg, tok.mask_token_id, gen, step, teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -150,7 +201,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
             record = {"step": step + 1, "loss": result.losses[-1], "lr": lr_at(step, cfg)}
             last = step + 1 == end
             if (step + 1) % cfg.eval_every == 0 or (last and step + 1 == cfg.steps):
-                record["eval_loss"] = result.eval_loss = evaluate_loss(model, cfg, tok, task)
+                record["eval_loss"] = result.eval_loss = evaluate_loss(model, cfg, tok, task, teacher)
             if (step + 1) % 10 == 0 or last:
                 now = time.time()
                 bar.set_postfix(loss=f"{result.losses[-1]:.3f}", tok_s=f"{tokens_seen / max(now - t_last, 1e-9):.0f}",
@@ -158,7 +209,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
                 tokens_seen, t_last = 0, now
             _append_log(out, record)
             if (step + 1) % cfg.save_every == 0 or last:
-                save_checkpoint(model, opt, tok, cfg, out, step + 1, prior_seconds + time.time() - t0)
+                save_checkpoint(model, opt, tok, cfg, out, step + 1, prior_seconds + time.time() - t0, teacher)
     result.seconds = time.time() - t0
     return result
 
@@ -182,11 +233,19 @@ def _truncate_log(out: Path, step: int) -> None:
 
 
 def save_checkpoint(model: Transformer, opt: torch.optim.Optimizer, tok: CharTokenizer, cfg: TrainConfig, out: Path,
-                    step: int, train_seconds: float) -> None:
+                    step: int, train_seconds: float, teacher: Transformer | None = None) -> None:
     """The loadable model folder and the resumable state, each written atomically."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "train_seconds": train_seconds}
+    if teacher is not None and cfg.rounds > 1:
+        state["teacher"] = teacher.state_dict()
     atomic_write(out / STATE_FILE, lambda p: torch.save(state, p))
+    save_model(model, tok, out, _meta(cfg, model, step, train_seconds))
+
+
+def _meta(cfg: TrainConfig, model: Transformer, step: int, train_seconds: float) -> dict:
     meta = {"task": cfg.task, "recipe": cfg.name, "params": count_params(model), "train_steps": step,
             "train_minutes": round(train_seconds / 60, 2), "task_options": cfg.task_options,
             "description": cfg.description}
-    save_model(model, tok, out, meta)
+    if cfg.teacher:
+        meta["teacher"] = cfg.teacher
+    return meta

@@ -25,15 +25,17 @@ def low_discrepancy_uniform(n: int, generator: torch.Generator | None = None) ->
 
 
 def mdm_loss(model: torch.nn.Module, batch: Batch, mask_id: int, *, eps: float = 1e-3,
-             generator: torch.Generator | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+             t_max: float = 1.0) -> torch.Tensor:
     """Masked-diffusion loss per target token: sum over masked tokens of CE / t, divided by #targets.
 
     t ~ U(eps, 1) per sequence unless given, drawn low-discrepancy (MDLM): one uniform offset
     shifted by i/B for row i, so every batch spans the whole noise range. Each t is still U(eps, 1),
     so the expectation is the ELBO bound on the NLL per token, with less variance between batches.
+    t_max < 1 (a curriculum's early steps) draws from U(eps, t_max) instead: only the easier rates.
     """
     if t is None:
-        t = eps + (1 - eps) * low_discrepancy_uniform(batch.ids.shape[0], generator)
+        t = eps + (max(t_max, eps) - eps) * low_discrepancy_uniform(batch.ids.shape[0], generator)
     noisy, masked = mask_tokens(batch, mask_id, t, generator)
     logits = model(noisy, valid=batch.valid)  # (B, L, V)
     weight = (1.0 / t).expand_as(masked)[masked]

@@ -40,6 +40,28 @@ RECIPES: dict[str, TrainConfig] = {
         task_options=SORT_OPTIONS,
         description="block-diffusion sorter (BD3-LM objective, blocks of 4, clipped mask rates 0.3-0.8); "
                     "decode with the exact cache"),
+    # The curriculum comparison: the sort-mdm recipe cut to 1500 steps, with mask rates easy to hard over
+    # the first half; its baseline is `unmask train --recipe sort-mdm --max-steps 1500` (README, "Few-step training").
+    "sort-mdm-curriculum": TrainConfig(
+        name="sort-mdm-curriculum", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        steps=1500, curriculum_steps=750, curriculum_start=0.2, batch_size=64, lr=2e-3, warmup_steps=200,
+        eval_every=250, save_every=250, task_options=SORT_OPTIONS,
+        description="sort-mdm's recipe for 1500 steps with a mask-rate curriculum: the largest rate grows "
+                    "from 0.2 to 1 over the first 750 steps"),
+    "sort-d2f": TrainConfig(
+        name="sort-d2f", task="sort", objective="d2f", teacher="sort-mdm",
+        model=dataclasses.replace(SORT_MODEL, kind="block-diffusion", block_size=8),
+        steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250, save_every=250,
+        task_options=SORT_OPTIONS,
+        description="D2F student of sort-mdm: block-causal (blocks of 8), distilled from the bidirectional "
+                    "teacher on monotone per-block mask ratios; decode with strategy 'd2f'"),
+    "sort-mdm-sdtt": TrainConfig(
+        name="sort-mdm-sdtt", task="sort", objective="sdtt", teacher="sort-mdm",
+        model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        steps=1600, rounds=2, step_tokens=1, distill_block=16, batch_size=64, lr=3e-4, warmup_steps=100,
+        eval_every=200, save_every=200, task_options=SORT_OPTIONS,
+        description="sort-mdm after two rounds of self-distillation through time (blocks of 16: the teacher's "
+                    "1-token steps learnt as 2-token steps, then 2 as 4): the same answers in half the steps"),
     "shakespeare-mdm": TrainConfig(
         name="shakespeare-mdm", task="shakespeare", objective="mdm", model=dataclasses.replace(TEXT_MODEL, kind="diffusion"),
         steps=600, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
