@@ -13,13 +13,11 @@ Rows decode one at a time: their prompts put the block grid at different offsets
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from unmask.decode.cache_policy import ExactBlockCache
 from unmask.decode.confidence import get_measure
-from unmask.decode.result import GenerationResult, cut_at_eos
+from unmask.decode.result import GenerationResult, decode_each_row
 from unmask.decode.sampling import gumbel_argmax
 
 
@@ -32,8 +30,8 @@ def grid_blocks(prompt_len: int, total: int, size: int) -> list[tuple[int, int]]
 @torch.no_grad()
 def pipeline_row(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: int, *, threshold: float,
                  add: float, activate: float, confidence: str, temperature: float, stop_at_eos: bool,
-                 generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
-    """Decode one row `# (P,)`; returns (the generated span `# (N,)`, forward passes)."""
+                 generator: torch.Generator | None) -> tuple[list[int], int]:
+    """Decode one row `# (P,)`; returns (the generated span, N tokens, forward passes)."""
     size, mask_id, eos = model.config.block_size, model.mask_token_id, model.eos_token_id
     measure = get_measure(confidence)
     P = prompt.numel()
@@ -76,7 +74,7 @@ def pipeline_row(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: i
             added += 1
     if added < len(blocks) and eos is not None:  # blocks never started: the answer ended before them
         x[0, blocks[added][0]:] = eos
-    return x[0, P:], nfe
+    return x[0, P:].tolist(), nfe
 
 
 @torch.no_grad()
@@ -90,14 +88,6 @@ def pipeline(model: torch.nn.Module, prompt_ids: torch.Tensor, *, max_new_tokens
     for name, v in (("threshold", threshold), ("add", add), ("activate", activate)):
         if not 0 < v <= 1.01:
             raise ValueError(f"{name} must be in (0, 1], not {v}")
-    t0 = time.perf_counter()
-    rows, nfe = [], 0
-    for b in range(prompt_ids.shape[0]):
-        prompt = prompt_ids[b][prompt_mask[b]] if prompt_mask is not None else prompt_ids[b]
-        span, n = pipeline_row(model, prompt, max_new_tokens, threshold=threshold, add=add, activate=activate,
-                               confidence=confidence, temperature=temperature, stop_at_eos=stop_at_eos,
-                               generator=generator)
-        rows.append(span)
-        nfe += n
-    tokens, lengths, finished = cut_at_eos(torch.stack(rows), model.eos_token_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, rows_share_forwards=False)
+    return decode_each_row(model, prompt_ids, prompt_mask, stop_at_eos, lambda prompt: pipeline_row(
+        model, prompt, max_new_tokens, threshold=threshold, add=add, activate=activate, confidence=confidence,
+        temperature=temperature, stop_at_eos=stop_at_eos, generator=generator))

@@ -1,7 +1,9 @@
 """What every decoder returns."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -45,3 +47,22 @@ def cut_at_eos(generated: torch.Tensor, eos_id: int | None, pad_id: int, stop_at
     out = generated[:, :width].clone()
     out[torch.arange(width)[None, :] >= first[:, None]] = pad_id
     return out, lengths, has.tolist()
+
+
+def decode_each_row(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None,
+                    stop_at_eos: bool, decode_row: Callable[[torch.Tensor], tuple[list[int], int]]
+                    ) -> GenerationResult:
+    """Run `decode_row(prompt `# (P,)`) -> (tokens, forward passes)` on each row alone (rows whose
+    passes cannot be shared: they accept drafts or follow block grids of their own); nfe sums them."""
+    t0 = time.perf_counter()
+    rows, nfe = [], 0
+    for b in range(prompt_ids.shape[0]):
+        prompt = prompt_ids[b][prompt_mask[b]] if prompt_mask is not None else prompt_ids[b]
+        toks, n = decode_row(prompt)
+        rows.append(toks)
+        nfe += n
+    width = max(len(r) for r in rows)
+    fill = model.eos_token_id if model.eos_token_id is not None else model.pad_token_id
+    generated = torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, width)
+    tokens, lengths, finished = cut_at_eos(generated, model.eos_token_id, model.pad_token_id, stop_at_eos)
+    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, rows_share_forwards=False)

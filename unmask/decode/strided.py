@@ -15,11 +15,9 @@ drafts and masks are trimmed off the cache after each pass.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
-from unmask.decode.result import GenerationResult, cut_at_eos
+from unmask.decode.result import GenerationResult, decode_each_row
 from unmask.models.kv_cache import KVCache
 
 
@@ -107,17 +105,5 @@ def strided(model: torch.nn.Module, prompt_ids: torch.Tensor, *, max_new_tokens:
     if not model.config.ahead:
         raise ValueError("strategy 'isd' needs a model trained to propose ahead (config 'ahead' > 0), "
                          "e.g. the bundled sort-isd")
-    t0 = time.perf_counter()
-    B = prompt_ids.shape[0]
-    rows, nfe = [], 0
-    for b in range(B):
-        prompt = prompt_ids[b][prompt_mask[b]] if prompt_mask is not None else prompt_ids[b]
-        toks, n = strided_row(model, prompt.tolist(), max_new_tokens, temperature=temperature,
-                              stop_at_eos=stop_at_eos, generator=generator)
-        rows.append(toks)
-        nfe += n
-    width = max(len(r) for r in rows)
-    fill = model.eos_token_id if model.eos_token_id is not None else model.pad_token_id
-    generated = torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, width)
-    tokens, lengths, finished = cut_at_eos(generated, model.eos_token_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, rows_share_forwards=False)
+    return decode_each_row(model, prompt_ids, prompt_mask, stop_at_eos, lambda prompt: strided_row(
+        model, prompt.tolist(), max_new_tokens, temperature=temperature, stop_at_eos=stop_at_eos, generator=generator))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from unmask.data.batch import Batch
+from unmask.train.objectives import mask_tokens
 
 
 def masked_kl(student_logits: torch.Tensor, teacher_logp: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -50,8 +51,7 @@ def d2f_loss(student: torch.nn.Module, teacher: torch.nn.Module, batch: Batch, m
     nb = int(n_blocks.max())
     ratios = monotone_block_ratios(batch.ids.shape[0], nb, generator)  # (B, nb)
     t = ratios.gather(1, block.clamp(0, nb - 1))  # (B, L); prompt and padding are never masked anyway
-    masked = (torch.rand(batch.ids.shape, generator=generator) < t) & batch.target
-    noisy = torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids)
+    noisy, masked = mask_tokens(batch, mask_id, t, generator)
     with torch.no_grad():
         teacher_logp = F.log_softmax(teacher(noisy, valid=batch.valid).float(), dim=-1)  # (B, L, V)
     return masked_kl(student(noisy, valid=batch.valid), teacher_logp, masked)

@@ -9,7 +9,8 @@ from unmask.data.batch import Batch
 
 def mask_tokens(batch: Batch, mask_id: int, t: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask each target token independently with probability t `# (B, 1)`; prompts never change.
+    """Mask each target token independently with probability t, one per row `# (B, 1)` or per position
+    `# (B, L)`; prompts never change.
 
     Returns (noisy ids `# (B, L)`, masked `# (B, L)` bool).
     """
@@ -124,8 +125,7 @@ def bd_loss(model: torch.nn.Module, batch: Batch, mask_id: int, block_size: int,
     lo, hi = clip
     t_block = lo + (hi - lo) * torch.rand(B, n_blocks, generator=generator)  # (B, n_blocks)
     t = t_block.repeat_interleave(block_size, dim=1)[:, :L]  # (B, L)
-    masked = (torch.rand(B, L, generator=generator) < t) & batch.target
-    noisy = torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids)
+    noisy, masked = mask_tokens(batch, mask_id, t, generator)
     ids = torch.cat([noisy, batch.ids], dim=1)  # (B, 2L)
     positions = torch.arange(L).repeat(2).expand(B, 2 * L)
     logits = model(ids, positions, attn_mask=block_diffusion_attention(batch.valid, block_size))[:, :L]
