@@ -132,6 +132,15 @@ def test_dual_cache_rows_match_generate_with_dual_cache(shift):
         assert r.output_ids == ref.sequences[0], r.request_id
 
 
+def test_engine_refuses_the_d2f_pipeline_with_a_way_out():
+    """A block-diffusion model's default decoding (d2f) runs row by row; the engine says so and what to use."""
+    model = random_model("block-diffusion")
+    with pytest.raises(ValueError, match="does not batch strategy 'd2f'.*'threshold'"):
+        Engine(model).add_request([5, 6], SamplingParams(max_new_tokens=8))
+    req = Engine(model).generate([[5, 6]], SamplingParams(max_new_tokens=8, strategy="threshold"))[0]
+    assert req.finish_reason in ("stop", "length")
+
+
 def test_engine_refuses_caches_it_does_not_offer(mdm):
     with pytest.raises(ValueError, match="cache 'dual' or none"):
         Engine(mdm).add_request([5, 6], SamplingParams(cache="delayed"))

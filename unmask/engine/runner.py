@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unmask.decode.registry import make_strategy
+from unmask.decode.registry import D2F_STRATEGY, make_strategy
 from unmask.decode.sampling import gumbel_argmax, sample_next
 from unmask.decode.schedule import block_spans, steps_per_block
 from unmask.decode.strategies.base import Strategy
@@ -77,6 +77,9 @@ class Runner:
             return
         if cache not in (None, "dual"):
             raise ValueError(f"the engine offers cache 'dual' or none, not {cache!r}")
+        if strategy == D2F_STRATEGY:  # each row follows its own block grid: unmask.generate runs it row by row
+            raise ValueError("the engine does not batch strategy 'd2f'; name a step rule such as 'threshold' "
+                             "(or decode with unmask.generate)")
         rule = make_strategy(strategy, **options)
         N, P = p.max_new_tokens, len(req.prompt_ids)
         block = min(p.block_size or DEFAULT_BLOCK_SIZE, N)
