@@ -169,3 +169,17 @@ def test_real_process_exit_code_and_stderr():
                            "--prompt", "x"], capture_output=True, text=True, timeout=60)
     assert_user_error(proc.returncode, proc.stderr, "generate")
     assert proc.stdout == ""
+
+
+def test_bad_threads(capsys, mdm_dir):
+    code, _, err = run(capsys, "eval", "--model", mdm_dir, "--threads", "0", "--json")
+    assert_user_error(code, err, "eval")
+    assert "--threads" in err
+
+
+def test_eval_validation_split(capsys, mdm_dir):
+    """`--split validation` scores fresh training-distribution examples, not the held-out ones."""
+    code, out, _ = run(capsys, "eval", "--model", mdm_dir, "--json", "--limit", "3", "--split", "validation")
+    assert code == 0
+    result = json.loads(out)
+    assert result["split"] == "validation" and result["n"] == 3

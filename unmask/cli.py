@@ -40,6 +40,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="ar only: sample from the k likeliest tokens")
     p.add_argument("--top-p", type=float, help="ar only: nucleus sampling mass")
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads (default: 1 for models under 10M parameters, "
+                                               "where splitting ops costs more than it saves; else all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -54,7 +56,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy (sort) or held-out loss (text) of a model")
     add_sampling_flags(p)
     p.add_argument("--task", help="task name (default: the model's own)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N held-out examples")
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples of the split")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="sort: the held-out examples (test) or 1000 fresh training-distribution ones for choosing "
+                        "settings (validation)")
     p.add_argument("--batch-size", type=int, default=32)
     p = sub.add_parser("train", help="train a model from a named recipe")
     p.add_argument("--recipe", required=True)
@@ -81,16 +86,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-running", type=int, default=32, help="requests decoded together at most")
     p.add_argument("--max-tokens", type=int, default=16384, help="token slots (prompt + max_tokens) in flight at most")
+    p.add_argument("--threads", type=int, help="CPU threads (default: 1 for models under 10M parameters, else all "
+                                               "cores)")
     return ap
 
 
-def load(name: str, dtype: str | None = None):
+def load(name: str, dtype: str | None = None, threads: int | None = None):
+    """A bundled model or folder, with torch's CPU threads set for it (see unmask/threads.py)."""
     from unmask.models.checkpoints import ModelNotFound, load_model
+    from unmask.threads import choose_threads
 
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, not {threads}")
     try:
-        return load_model(name, dtype=dtype)
+        model = load_model(name, dtype=dtype)
     except ModelNotFound as err:
         raise UserError(str(err)) from None
+    choose_threads(model, threads)
+    return model
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,7 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     if not args.prompt:
         raise UserError("the prompt is empty: give --prompt some text")
-    model = load(args.model, args.dtype)
+    model = load(args.model, args.dtype, args.threads)
     tok = model.tokenizer
     if tok is None:
         raise UserError(f"{args.model} has no tokenizer.json, so text prompts cannot be encoded")
@@ -161,12 +174,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from unmask.evaluation import evaluate
 
-    model = load(args.model, args.dtype)
+    model = load(args.model, args.dtype, args.threads)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, not {args.limit}")
     kw = sampling_kwargs(args)
     result = evaluate(model, args.task, limit=args.limit, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, progress=not args.json, **kw)
+                      max_new_tokens=args.max_new_tokens, progress=not args.json, split=args.split, **kw)
     result.pop("outputs", None)
     if args.json:
         print(json.dumps(result))
@@ -235,7 +248,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError(f"--port must be between 1 and 65535, not {args.port}")
     if args.max_running < 1 or args.max_tokens < 1:
         raise UserError("--max-running and --max-tokens must be at least 1")
-    model = load(args.model)
+    model = load(args.model, threads=args.threads)
     if model.tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer.json, so it cannot serve text")
     name = Path(args.model).name if Path(args.model).exists() else args.model

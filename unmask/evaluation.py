@@ -11,6 +11,11 @@ from unmask.data import get_task
 from unmask.data.sort import SortTask
 from unmask.generation import default_strategy, generate
 
+# Fresh examples from the training distribution (never a held-out prompt) for choosing settings, so the
+# held-out split only ever reports: `unmask eval --split validation`.
+VALIDATION_SEED, VALIDATION_SIZE = "validation-operating-point", 1000
+SPLITS = ("test", "validation")
+
 
 def task_of(model: torch.nn.Module, name: str | None = None):
     """The task a model was trained on, with the options (e.g. list lengths) of its recipe."""
@@ -50,11 +55,14 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | None = None, limit: int | None = None,
                   batch_size: int = 32, max_new_tokens: int | None = None, progress: bool = False,
-                  examples: list | None = None, **gen_kwargs: Any) -> dict[str, Any]:
-    """Exact-match accuracy on the held-out split (or on `examples`, e.g. training ones for calibration);
-    speed figures count tokens up to and including EOS."""
+                  examples: list | None = None, split: str = "test", **gen_kwargs: Any) -> dict[str, Any]:
+    """Exact-match accuracy on the held-out split, the validation split, or given `examples` (e.g. training
+    ones for calibration); speed figures count tokens up to and including EOS."""
     name = strategy or default_strategy(model)
-    examples = examples if examples is not None else task.test_examples
+    if examples is None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+        examples = task.test_examples if split == "test" else task.train_examples(VALIDATION_SEED, VALIDATION_SIZE)
     examples = examples[:limit] if limit else examples
     max_new_tokens = max_new_tokens or task.max_window
     tok = model.tokenizer
@@ -74,7 +82,7 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
         tokens += out.n_tokens
         row_forwards += out.row_forwards
     n = len(examples)
-    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": name, "n": n,
+    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": name, "split": split, "n": n,
             "accuracy": correct / n, "nfe_mean": row_forwards / n, "tokens_per_forward": tokens / row_forwards,
             "tokens_per_second": tokens / seconds, "seconds": seconds, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens, "outputs": outputs}
@@ -82,8 +90,10 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
 
 @torch.no_grad()
 def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, batch_size: int = 16,
-                  seq_len: int = 256, **_: Any) -> dict[str, Any]:
+                  seq_len: int = 256, split: str = "test", **_: Any) -> dict[str, Any]:
     """Held-out loss in nats/token: the diffusion ELBO bound, or the AR negative log-likelihood."""
+    if split != "test":
+        raise ValueError(f"text tasks have only the held-out split, not {split!r}")
     from unmask.train.objectives import ar_loss, mdm_elbo
 
     n_batches = max(1, (limit or 64) // batch_size)

@@ -45,6 +45,11 @@ def with_defaults(model: torch.nn.Module, strategy: str | None, cache: str | Non
     return d.pop("strategy"), cache if cache is not None else default_cache, {**d, **params}
 
 
+def default_block_size(model: torch.nn.Module) -> int:
+    """A block-causal model was trained to denoise one of its blocks after clean ones: decode that size."""
+    return model.config.block_size if model.config.kind == "block-diffusion" else DEFAULT_BLOCK_SIZE
+
+
 def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str | None = None,
              max_new_tokens: int = 64, block_size: int | None = None, steps: int | None = None,
              temperature: float = 0.0, stop_at_eos: bool = True, seed: int | None = None,
@@ -53,7 +58,8 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
     """Generate up to `max_new_tokens` after each row of `prompt_ids` `# (B, P)`.
 
     strategy: a diffusion step rule ("low_confidence", "random", ...) or "ar" for causal models;
-        None picks the model kind's default (DEFAULT_DECODING, cache included). block_size: semi-autoregressive block (default 32, or the
+        None picks the model kind's default (DEFAULT_DECODING, cache included).
+    block_size: semi-autoregressive block (default 32, a block-diffusion model's own block size, or the
         whole span if shorter). steps: denoising steps over the whole span (None: one token per step).
     prompt_mask: `# (B, P)` bool, False on left padding. stop_at_eos: cut each row at its first EOS
         and skip blocks once every row has ended. seed: for sampling (temperature > 0, random).
@@ -91,9 +97,7 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
         return autoregress(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                            stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator, **strategy_params)
     rule = make_strategy(strategy, **strategy_params)
-    # A block-causal model was trained to denoise one of its blocks after clean ones: decode that size.
-    default_block = model.config.block_size if model.config.kind == "block-diffusion" else DEFAULT_BLOCK_SIZE
-    block = min(block_size or default_block, max_new_tokens)
+    block = min(block_size or default_block_size(model), max_new_tokens)
     return denoise(model, prompt_ids, rule, gen_length=max_new_tokens, block_size=block, steps=steps,
                    temperature=temperature, stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator,
                    cache=make_cache(cache, refresh_every), early_commit=early_commit_rule(early_commit))

@@ -27,6 +27,7 @@ def test_summary_ratios_at_the_longest_answers_and_the_best_sort_mdm_setting():
     assert ratios["threshold+dual"]["vs_vanilla"] == pytest.approx(9.0)
     # the fastest sort-mdm setting within a point of vanilla: not the inaccurate one, not another model
     assert summ["best_keeping_accuracy"]["key"] == "threshold+dual"
+    assert summ["best_keeping_ar_accuracy"] is None  # nothing of sort-mdm's reaches 0.99; d2f is another model
     sdtt = {d["student"]: d for d in summ["sdtt"]}
     assert sdtt["sdtt-k8"]["teacher"] == "teacher-k16" and sdtt["sdtt-k8"]["change"] == pytest.approx(-0.002)
     assert sdtt["sdtt-k4"]["teacher"] == "teacher-k8" and sdtt["sdtt-k4"]["change"] == pytest.approx(-0.02)
@@ -49,3 +50,11 @@ def test_step_budgets_cover_every_block_of_the_window():
     assert rows["sdtt-k8"].options == {"strategy": "low_confidence", "block_size": 16, "steps": 24}
     assert rows["sdtt-k4"].options["steps"] == 12 and rows["teacher-k8"].model == "diffusion"
     assert make_settings(window=40)[0].key == "ar" and {s.key: s for s in make_settings(window=40)}["sdtt-k4"].options["steps"] == 12
+
+
+def test_the_ar_accuracy_comparison_counts_exactly_one_point():
+    settings = [row("ar", "ar", 1.0, 500), row("vanilla", "diffusion", 0.99, 100, nfe=48),
+                row("fast", "diffusion", 0.99, 900), row("faster", "diffusion", 0.988, 2000)]
+    summ = summarise(settings)
+    assert summ["best_keeping_ar_accuracy"]["key"] == "fast"
+    assert summ["best_keeping_ar_accuracy"]["vs_ar"] == pytest.approx(1.8)

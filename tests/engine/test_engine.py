@@ -141,6 +141,17 @@ def test_engine_refuses_the_d2f_pipeline_with_a_way_out():
     assert req.finish_reason in ("stop", "length")
 
 
+def test_block_diffusion_rows_default_to_the_models_block_like_generate():
+    """Without a block size, the engine decodes a block-causal model in its own blocks, as `generate` does."""
+    model = random_model("block-diffusion", seed=5, std=0.5)
+    params = SamplingParams(max_new_tokens=12, strategy="low_confidence", stop_at_eos=False)
+    prompts = [random_prompt(n, seed=50 + n)[0].tolist() for n in (3, 6)]
+    for r, p in zip(Engine(model).generate(prompts, params), prompts):
+        assert r.output_ids == alone(model, p, params)
+        assert r.output_ids != alone(model, p, SamplingParams(max_new_tokens=12, strategy="low_confidence",
+                                                              block_size=32, stop_at_eos=False))
+
+
 def test_engine_refuses_caches_it_does_not_offer(mdm):
     with pytest.raises(ValueError, match="cache 'dual' or none"):
         Engine(mdm).add_request([5, 6], SamplingParams(cache="delayed"))

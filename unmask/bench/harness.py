@@ -26,6 +26,7 @@ from unmask.data.sort import Example, SortTask
 from unmask.evaluation import evaluate_sort, task_of
 from unmask.generation import generate
 from unmask.models.checkpoints import load_model
+from unmask.threads import choose_threads
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
 OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd", "d2f": "sort-d2f", "sdtt": "sort-mdm-sdtt"}  # when bundled
@@ -168,12 +169,14 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
 
     t_start = time.perf_counter()
     names = {**DEFAULT_MODELS, **available(OPTIONAL_MODELS), **(models or {})}
+    loaded = {role: load_model(path) for role, path in names.items()}
+    for m in loaded.values():  # the same thread rule as `unmask generate/eval/serve` (unmask/threads.py)
+        choose_threads(m)
     env = environment()
     if progress and not env["OMP_WAIT_POLICY"]:
         # The CLI sets PASSIVE before importing torch; a library caller cannot fix it this late.
         print("unmask bench: OMP_WAIT_POLICY is unset; spin-waiting threads may inflate batch-1 timings "
               "(set OMP_WAIT_POLICY=PASSIVE before starting Python)", file=sys.stderr)
-    loaded = {role: load_model(path) for role, path in names.items()}
     task = check_same_task({role: task_of(m) for role, m in loaded.items()})
     limit, k = (100, 3) if quick else (500, 10)
     buckets = length_buckets(task, k)

@@ -139,11 +139,12 @@ def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, second
         extra = DIFFUSION_OPTIONS if role == "diffusion" else {}
         with serving(model, max(concurrency)) as base:
             asyncio.run(load(base, Path(model).name, prompts[:4], extra, 1, 1.0))  # warm-up, untimed
+            threads = httpx.get(base + "/health", timeout=5).json().get("threads")
             for c in concurrency:
                 if progress:
                     print(f"unmask bench --serve: {model} at {c} clients for {seconds:.0f} s", file=sys.stderr)
                 row = asyncio.run(load(base, Path(model).name, prompts, extra, c, seconds))
-                rows.append({"role": role, "model": model, "options": extra, **row})
+                rows.append({"role": role, "model": model, "options": extra, "server_threads": threads, **row})
     report = {"seconds_per_level": seconds, "concurrency": list(concurrency), "models": names,
               "prompts": "held-out sort prompts, cycled", "rows": rows}
     write_serve_report(report, out_dir)

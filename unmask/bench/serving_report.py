@@ -37,7 +37,10 @@ def serve_markdown(report: dict[str, Any]) -> str:
     rat = report.get("ratios") or ratios(report)
     lines += [""] + [f"- batching gain, 16 clients over 1, {k}: {v:.2f}x" for k, v in rat["batching_gain_16_over_1"].items()]
     lines += [f"- diffusion over AR throughput at {c} clients: {v:.2f}x" for c, v in rat["diffusion_over_ar"].items()]
-    lines += [f"- failed requests: {rat['failed_requests']}", ""]
+    lines += [f"- failed requests: {rat['failed_requests']}"]
+    threads = {r["model"]: r.get("server_threads") for r in report["rows"]}
+    lines += ["", "Server CPU threads: " + ", ".join(f"{m} {t if t is not None else '?'}" for m, t in threads.items())
+              + "; the clients run in the benchmark's process on the same machine.", ""]
     return "\n".join(lines)
 
 

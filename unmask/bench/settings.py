@@ -75,6 +75,11 @@ def make_settings(quick: bool = False, window: int = 48) -> list[Setting]:
                            confidence=m, **th) for m in ("margin", "entropy")]
         rows.append(diffusion("threshold0.95-entropy+dual", "threshold 0.95 (entropy) + dual cache", cache="dual",
                               strategy="threshold", threshold=0.95, confidence="entropy"))
+        # Chosen on the validation split, never on the held-out one (`unmask eval --split validation`, 1000
+        # examples, blocks of 48): the most accurate fast setting there, 98.9% at 7.6 forwards per row against
+        # vanilla's 99.0% at 48 (entropy 0.95: 98.7%, 0.999: 98.8%; prob 0.99: 98.7%; margin 0.99: 98.8%).
+        rows.append(diffusion("threshold0.99-entropy+dual", "threshold 0.99 (entropy) + dual cache", cache="dual",
+                              strategy="threshold", threshold=0.99, confidence="entropy"))
     # Lower thresholds commit more per step and start to err; the AR verifier is meant to catch that.
     for tau in AGGRESSIVE:
         rows.append(diffusion(f"threshold{tau}+dual", f"threshold {tau} + dual cache", strategy="threshold",

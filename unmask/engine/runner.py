@@ -20,7 +20,7 @@ from unmask.decode.sampling import gumbel_argmax, sample_next
 from unmask.decode.schedule import block_spans, steps_per_block
 from unmask.decode.strategies.base import Strategy
 from unmask.engine.request import Request, RequestOutput
-from unmask.generation import DEFAULT_BLOCK_SIZE, check_request, with_defaults
+from unmask.generation import check_request, default_block_size, with_defaults
 from unmask.models.kv_cache import KVCache
 
 
@@ -82,7 +82,7 @@ class Runner:
                              "(or decode with unmask.generate)")
         rule = make_strategy(strategy, **options)
         N, P = p.max_new_tokens, len(req.prompt_ids)
-        block = min(p.block_size or DEFAULT_BLOCK_SIZE, N)
+        block = min(p.block_size or default_block_size(self.model), N)
         x = torch.cat([prompt[0], torch.full((N,), self.mask_id, dtype=torch.long)])
         self.rows[req.request_id] = DiffusionRow(x, P, [(P + s, P + e) for s, e in block_spans(N, block)],
                                                  steps_per_block(N, block, p.steps), rule, gen, cache == "dual")

@@ -147,7 +147,7 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": name, "running": engine.engine.running,
-                "waiting": engine.engine.queue_length}
+                "waiting": engine.engine.queue_length, "threads": torch.get_num_threads()}
 
     @app.get("/metrics")
     async def metrics() -> Response:
