@@ -4,6 +4,8 @@ For the diffusion model and its AR twin in turn, the same closed-loop load: C cl
 held-out sort prompts one after another for a fixed time, streaming the answer. Reported per model and
 concurrency: throughput (completion tokens/s over the window), time to first token and latency p50/p99,
 and failed requests. Both models are served by the same engine, so the ratio is engine-for-engine.
+Then the same prompts go straight into the engine, no HTTP (bench/engine_only.py), to show what batching
+buys the engine itself on this machine.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Iterator
 
 import httpx
 
+from unmask.bench.engine_only import engine_only
 from unmask.bench.settings import TAU
 from unmask.evaluation import task_of
 from unmask.models.checkpoints import load_model
@@ -145,7 +148,13 @@ def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, second
                     print(f"unmask bench --serve: {model} at {c} clients for {seconds:.0f} s", file=sys.stderr)
                 row = asyncio.run(load(base, Path(model).name, prompts, extra, c, seconds))
                 rows.append({"role": role, "model": model, "options": extra, "server_threads": threads, **row})
+    alone = []
+    for role, model in names.items():
+        if progress:
+            print(f"unmask bench --serve: {model} in the engine alone (no HTTP)", file=sys.stderr)
+        extra = DIFFUSION_OPTIONS if role == "diffusion" else {}
+        alone += [{"role": role, **row} for row in engine_only(model, extra, concurrency, 32 if quick else 128)]
     report = {"seconds_per_level": seconds, "concurrency": list(concurrency), "models": names,
-              "prompts": "held-out sort prompts, cycled", "rows": rows}
+              "prompts": "held-out sort prompts, cycled", "rows": rows, "engine_only": alone}
     write_serve_report(report, out_dir)
     return report

@@ -38,6 +38,15 @@ def serve_markdown(report: dict[str, Any]) -> str:
     lines += [""] + [f"- batching gain, 16 clients over 1, {k}: {v:.2f}x" for k, v in rat["batching_gain_16_over_1"].items()]
     lines += [f"- diffusion over AR throughput at {c} clients: {v:.2f}x" for c, v in rat["diffusion_over_ar"].items()]
     lines += [f"- failed requests: {rat['failed_requests']}"]
+    if report.get("engine_only"):
+        lines += ["", "The same prompts and options straight into the engine, no HTTP (completion tokens/s; "
+                      "requests run to completion with at most C in flight):", "",
+                  "| Model | In flight (C) | Requests | Throughput (tok/s) |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['model']} ({r['role']}) | {r['concurrency']} | {r['requests']} | "
+                  f"{r['throughput_tokens_per_s']:.0f} |" for r in report["engine_only"]]
+        by = {(r["role"], r["concurrency"]): r["throughput_tokens_per_s"] for r in report["engine_only"]}
+        lines += [""] + [f"- engine alone, 16 in flight over 1, {role}: {by[(role, 16)] / by[(role, 1)]:.2f}x"
+                         for role in ("diffusion", "ar") if (role, 1) in by and (role, 16) in by]
     threads = {r["model"]: r.get("server_threads") for r in report["rows"]}
     lines += ["", "Server CPU threads: " + ", ".join(f"{m} {t if t is not None else '?'}" for m, t in threads.items())
               + "; the clients run in the benchmark's process on the same machine.", ""]
