@@ -59,7 +59,9 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
     """Exact-match accuracy on the held-out split, the validation split, or given `examples` (e.g. training
     ones for calibration); speed figures count tokens up to and including EOS."""
     name = strategy or default_strategy(model)
-    if examples is None:
+    if examples is not None:
+        split = "given"
+    else:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
         examples = task.test_examples if split == "test" else task.train_examples(VALIDATION_SEED, VALIDATION_SIZE)
