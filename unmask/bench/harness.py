@@ -178,7 +178,9 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
         print("unmask bench: OMP_WAIT_POLICY is unset; spin-waiting threads may inflate batch-1 timings "
               "(set OMP_WAIT_POLICY=PASSIVE before starting Python)", file=sys.stderr)
     task = check_same_task({role: task_of(m) for role, m in loaded.items()})
-    limit, k = (100, 3) if quick else (500, 10)
+    # The full run scores every held-out example: on the first 500 alone one setting read 97.4% against 98.2%
+    # on all 1000, a gap as large as the one-point bars it is compared with.
+    limit, k = (100, 3) if quick else (len(task.test_examples), 10)
     buckets = length_buckets(task, k)
     settings = [s for s in make_settings(quick, task.max_window) if s.model in names]
     calibration = calibrated_rows(loaded["diffusion"], task, settings, quick)
