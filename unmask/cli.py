@@ -94,10 +94,10 @@ def parser() -> argparse.ArgumentParser:
 def load(name: str, dtype: str | None = None, threads: int | None = None):
     """A bundled model or folder, with torch's CPU threads set for it (see unmask/threads.py)."""
     from unmask.models.checkpoints import ModelNotFound, load_model
-    from unmask.threads import choose_threads
+    from unmask.threads import check_threads, choose_threads
 
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, not {threads}")
+    if threads is not None:
+        check_threads(threads)  # before the (possibly long) load
     try:
         model = load_model(name, dtype=dtype)
     except ModelNotFound as err:

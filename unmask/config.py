@@ -97,11 +97,11 @@ class TrainConfig:
     rounds: int = 1  # sdtt: rounds over `steps`; each starts from the last round's student as teacher
     step_tokens: int = 2  # sdtt: tokens the teacher commits per step in the first round (then doubling)
     distill_block: int = 16  # sdtt: the block length of the block-by-block decoding it trains for
+    task_options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.step_tokens < 1 or self.distill_block < 1:
             raise ValueError("rounds, step_tokens and distill_block must each be at least 1")
         if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
             raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")
-    task_options: dict[str, Any] = field(default_factory=dict)
-    description: str = ""

@@ -23,12 +23,17 @@ def choose_threads(model: torch.nn.Module, requested: int | None = None) -> int:
     model on the CPU; otherwise torch's default is left alone.
     """
     if requested is not None:
-        if requested < 1:
-            raise ValueError(f"--threads must be at least 1, not {requested}")
-        torch.set_num_threads(requested)
+        torch.set_num_threads(check_threads(requested))
     elif not os.environ.get("OMP_NUM_THREADS") and on_cpu(model) and n_params(model) < SMALL_MODEL_PARAMS:
         torch.set_num_threads(1)
     return torch.get_num_threads()
+
+
+def check_threads(n: int) -> int:
+    """`n` if it is a usable thread count, else ValueError with one sentence."""
+    if n < 1:
+        raise ValueError(f"--threads must be at least 1, not {n}")
+    return n
 
 
 def on_cpu(model: torch.nn.Module) -> bool:

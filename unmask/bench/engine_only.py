@@ -13,15 +13,13 @@ from unmask.engine.engine import Engine
 from unmask.engine.request import SamplingParams
 from unmask.evaluation import prompt_for, task_of
 from unmask.models.checkpoints import load_model
+from unmask.server.protocol import DecodingFields
 from unmask.threads import choose_threads
 
 
 def params_for(extra: dict[str, Any], max_new_tokens: int) -> SamplingParams:
-    """The SamplingParams the server builds from the same extra body fields."""
-    rule = {k: v for k, v in extra.items() if k not in ("strategy", "block_size", "steps", "cache")}
-    return SamplingParams(max_new_tokens=max_new_tokens, strategy=extra.get("strategy"),
-                          block_size=extra.get("block_size"), steps=extra.get("steps"), cache=extra.get("cache"),
-                          options=rule)
+    """The SamplingParams the server builds from the same extra body fields (validated as it does)."""
+    return DecodingFields(**extra).sampling_params(max_new_tokens)
 
 
 def engine_only(model_name: str, extra: dict[str, Any], concurrency: tuple[int, ...], n_requests: int

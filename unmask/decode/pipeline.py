@@ -31,7 +31,7 @@ def grid_blocks(prompt_len: int, total: int, size: int) -> list[tuple[int, int]]
 def pipeline_row(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: int, *, threshold: float,
                  add: float, activate: float, confidence: str, temperature: float, stop_at_eos: bool,
                  generator: torch.Generator | None) -> tuple[list[int], int]:
-    """Decode one row `# (P,)`; returns (the generated span, N tokens, forward passes)."""
+    """Decode one row `# (P,)`; returns (the generated span of N tokens, forward passes)."""
     size, mask_id, eos = model.config.block_size, model.mask_token_id, model.eos_token_id
     measure = get_measure(confidence)
     P = prompt.numel()

@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unmask.engine.engine import Engine
-from unmask.engine.request import SamplingParams
 from unmask.evaluation import prompt_for
 from unmask.server.protocol import (ChatRequest, CompletionRequest, DecodingFields, chat_body, completion_body,
                                     error_body, new_id, usage)
@@ -66,20 +65,12 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
             raise APIError(404, f"model {requested!r} is not served here; this server serves {name!r}",
                            code="model_not_found", param="model")
 
-    def params_of(body: DecodingFields, default_new: int) -> SamplingParams:
-        options = body.rule_options()
-        if body.top_p is not None:
-            options["top_p"] = body.top_p
-        return SamplingParams(max_new_tokens=body.max_tokens or default_new, strategy=body.strategy,
-                              block_size=body.block_size, steps=body.steps, temperature=body.temperature,
-                              seed=body.seed, cache=None if body.cache == "none" else body.cache, options=options)
-
     def submit(text: str, body: DecodingFields) -> tuple[Subscription, int]:
         if not text:
             raise APIError(400, "the prompt is empty", param="prompt")
         try:
             ids, default_new = prompt_for(model, text)
-            return engine.submit(ids, params_of(body, default_new)), len(ids)
+            return engine.submit(ids, body.sampling_params(default_new)), len(ids)
         except ValueError as err:
             raise APIError(400, str(err)) from None
         except RuntimeError as err:

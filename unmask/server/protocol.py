@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from unmask.engine.request import SamplingParams
+
 MAX_TOKENS_CAP = 4096  # the schema's ceiling; the model's context is checked per request
 
 
@@ -33,6 +35,15 @@ class DecodingFields(BaseModel):
     def rule_options(self) -> dict[str, Any]:
         opts = {"threshold": self.threshold, "factor": self.factor, "confidence": self.confidence}
         return {k: v for k, v in opts.items() if v is not None}
+
+    def sampling_params(self, default_new: int) -> SamplingParams:
+        """The engine's parameters for this body; `default_new` tokens when it names no max_tokens."""
+        options = self.rule_options()
+        if self.top_p is not None:
+            options["top_p"] = self.top_p
+        return SamplingParams(max_new_tokens=self.max_tokens or default_new, strategy=self.strategy,
+                              block_size=self.block_size, steps=self.steps, temperature=self.temperature,
+                              seed=self.seed, cache=None if self.cache == "none" else self.cache, options=options)
 
 
 class CompletionRequest(DecodingFields):
