@@ -183,3 +183,14 @@ def test_eval_validation_split(capsys, mdm_dir):
     assert code == 0
     result = json.loads(out)
     assert result["split"] == "validation" and result["n"] == 3
+
+
+def test_early_commit_flags(capsys, mdm_dir):
+    base = ("generate", "--model", mdm_dir, "--prompt", "sort: 3 1", "--json", "--strategy", "low_confidence")
+    code, out, _ = run(capsys, *base, "--early-commit", "5", "--early-commit-pool", "min")
+    assert code == 0 and "[MASK]" not in json.loads(out)["text"]
+    code, _, err = run(capsys, *base, "--early-commit-pool", "min")
+    assert_user_error(code, err, "generate")
+    assert "--early-commit" in err
+    code, _, err = run(capsys, *base, "--early-commit", "5,4")
+    assert_user_error(code, err, "generate")

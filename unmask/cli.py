@@ -33,7 +33,10 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh-every", type=int, help="recompute everything every K steps (with --cache)")
     p.add_argument("--early-commit", nargs="?", const="7.5,5,2.5", metavar="GAPS",
                    help="Prophet: commit all remaining masks once the top1-top2 logit gap clears GAPS (three, "
-                        "one per third of the answer; default 7.5,5,2.5)")
+                        "one per third of the answer, or one for all; default 7.5,5,2.5)")
+    p.add_argument("--early-commit-pool", choices=("mean", "min"),
+                   help="with --early-commit: pool the masked positions' gaps by their mean (Prophet, default) or "
+                        "require every one to clear the gap (min)")
     p.add_argument("--verifier", help="strategy verifier: the AR model that vets each step (default sort-ar-small)")
     p.add_argument("--accept", type=float, help="strategy verifier: reject commits the verifier gives less than this")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -119,7 +122,11 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         try:
             kw["early_commit"] = tuple(float(g) for g in args.early_commit.split(","))
         except ValueError:
-            raise UserError(f"--early-commit takes three numbers like 7.5,5,2.5, not {args.early_commit!r}") from None
+            raise UserError(f"--early-commit takes one or three numbers like 7.5,5,2.5, not {args.early_commit!r}") from None
+    if args.early_commit_pool is not None:
+        if args.early_commit is None:
+            raise UserError("--early-commit-pool needs --early-commit")
+        kw["early_commit_pool"] = args.early_commit_pool
     for key in ("block_size", "steps", "top_k", "refresh_every"):
         if kw[key] is not None and kw[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, not {kw[key]}")

@@ -68,7 +68,7 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
     examples = examples[:limit] if limit else examples
     max_new_tokens = max_new_tokens or task.max_window
     tok = model.tokenizer
-    correct = tokens = row_forwards = 0
+    correct = tokens = row_forwards = solo_forwards = 0
     seconds = 0.0
     outputs = []
     for i in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="eval", leave=False):
@@ -83,9 +83,11 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
             correct += task.score(text, ex)
         tokens += out.n_tokens
         row_forwards += out.row_forwards
+        solo_forwards += sum(out.solo_nfe)
     n = len(examples)
     return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": name, "split": split, "n": n,
-            "accuracy": correct / n, "nfe_mean": row_forwards / n, "tokens_per_forward": tokens / row_forwards,
+            "accuracy": correct / n, "nfe_mean": row_forwards / n, "solo_nfe_mean": solo_forwards / n,
+            "tokens_per_forward": tokens / row_forwards,
             "tokens_per_second": tokens / seconds, "seconds": seconds, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens, "outputs": outputs}
 

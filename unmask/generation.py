@@ -54,7 +54,8 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
              max_new_tokens: int = 64, block_size: int | None = None, steps: int | None = None,
              temperature: float = 0.0, stop_at_eos: bool = True, seed: int | None = None,
              prompt_mask: torch.Tensor | None = None, cache: str | None = None, refresh_every: int | None = None,
-             early_commit: bool | tuple[float, float, float] = False, **strategy_params: Any) -> GenerationResult:
+             early_commit: bool | tuple[float, ...] = False, early_commit_pool: str = "mean",
+             **strategy_params: Any) -> GenerationResult:
     """Generate up to `max_new_tokens` after each row of `prompt_ids` `# (B, P)`.
 
     strategy: a diffusion step rule ("low_confidence", "random", ...) or "ar" for causal models;
@@ -65,12 +66,15 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
         and skip blocks once every row has ended. seed: for sampling (temperature > 0, random).
     cache: "prefix", "dual" or "delayed" approximate caches (None: recompute everything each step);
         refresh_every: a full recompute every k steps. early_commit: Prophet's commit-all-at-once
-        (True for the published logit-gap thresholds, or your own three, one per third of the answer).
+        (True for the published logit-gap thresholds, or your own: three, one per third of the answer,
+        or one for all); early_commit_pool: "mean" (Prophet) or "min" gap over the masked positions.
     strategy_params: the rule's own options, e.g. threshold=0.9, factor=1.0, confidence="margin".
     """
     if strategy is None and steps is not None and model.config.kind != "ar":
         strategy = "low_confidence"  # a step budget names LLaDA's schedule, the rule that takes one
     strategy, cache, strategy_params = with_defaults(model, strategy, cache, strategy_params)
+    if early_commit_pool != "mean" and not early_commit:
+        raise ValueError(f"early_commit_pool {early_commit_pool!r} pools the gaps of early commit: set early_commit too")
     check_request(model, prompt_ids, max_new_tokens, strategy)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     if strategy == ISD_STRATEGY:
@@ -100,15 +104,16 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
     block = min(block_size or default_block_size(model), max_new_tokens)
     return denoise(model, prompt_ids, rule, gen_length=max_new_tokens, block_size=block, steps=steps,
                    temperature=temperature, stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator,
-                   cache=make_cache(cache, refresh_every), early_commit=early_commit_rule(early_commit))
+                   cache=make_cache(cache, refresh_every),
+                   early_commit=early_commit_rule(early_commit, early_commit_pool))
 
 
-def early_commit_rule(option: bool | tuple[float, float, float]) -> EarlyCommit | None:
-    if option is True:
-        return EarlyCommit()
+def early_commit_rule(option: bool | tuple[float, ...], pool: str = "mean") -> EarlyCommit | None:
     if option is False or option is None:
         return None
-    return EarlyCommit(tuple(float(g) for g in option))
+    if option is True:
+        return EarlyCommit(pool=pool)
+    return EarlyCommit(tuple(float(g) for g in option), pool)
 
 
 def check_request(model: torch.nn.Module, prompt_ids: torch.Tensor, max_new_tokens: int, strategy: str) -> None:

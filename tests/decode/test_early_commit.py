@@ -31,6 +31,32 @@ def test_gap_is_averaged_over_masked_positions_only():
     assert rule.fires(logits, torch.zeros(1, 3, dtype=torch.bool), torch.tensor([0.0])).tolist() == [False]
 
 
+def test_min_pooling_needs_every_masked_position_to_clear_the_gap():
+    rule = EarlyCommit((5.0,), pool="min")
+    assert rule.gaps.tolist() == [5.0, 5.0, 5.0]  # one gap for every stage
+    logits = gap_logits([30.0, 4.9, 6.0])
+    assert EarlyCommit((5.0,)).fires(logits, torch.ones(1, 3, dtype=torch.bool), torch.tensor([0.0])).tolist() == [True]
+    assert rule.fires(logits, torch.ones(1, 3, dtype=torch.bool), torch.tensor([0.0])).tolist() == [False]
+    decoded_doubt = torch.tensor([[True, False, True]])  # the unsure position is already decoded
+    assert rule.fires(logits, decoded_doubt, torch.tensor([0.0])).tolist() == [True]
+    assert rule.fires(logits, torch.zeros(1, 3, dtype=torch.bool), torch.tensor([0.0])).tolist() == [False]
+    with pytest.raises(ValueError, match="pooling"):
+        EarlyCommit(pool="median")
+
+
+def test_min_pooling_fires_no_earlier_than_mean_pooling():
+    model = sure_model()
+    prompt = random_prompt(6, seed=3, batch=3)
+    kw = dict(strategy="low_confidence", max_new_tokens=32, block_size=32, stop_at_eos=False, early_commit=(3.0,))
+    mean = unmask.generate(model, prompt, **kw)
+    strict = unmask.generate(model, prompt, early_commit_pool="min", **kw)
+    plain = unmask.generate(model, prompt, **{k: v for k, v in kw.items() if k != "early_commit"})
+    assert not bool((strict.token_ids == MASK).any())
+    assert mean.nfe <= strict.nfe <= plain.nfe
+    with pytest.raises(ValueError, match="set early_commit too"):
+        unmask.generate(model, prompt, early_commit_pool="min")
+
+
 def sure_model(seed: int = 4):
     """A random model with a large weight scale: logit gaps are wide, so early commit fires."""
     return random_model("diffusion", seed=seed, std=0.6)
@@ -38,7 +64,7 @@ def sure_model(seed: int = 4):
 
 def test_published_gaps_are_the_default():
     assert EarlyCommit().gaps.tolist() == [7.5, 5.0, 2.5]
-    with pytest.raises(ValueError, match="three stage thresholds"):
+    with pytest.raises(ValueError, match="one gap or three stage thresholds"):
         unmask.generate(sure_model(), random_prompt(4, seed=0), early_commit=(1.0, 2.0))
 
 

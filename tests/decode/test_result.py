@@ -114,3 +114,25 @@ def test_an_ended_row_costs_its_batch_nothing(cache):
     assert both.token_ids[0, :2].tolist() == solo[0].token_ids[0].tolist()
     assert both.token_ids[1, :both.lengths[1]].tolist() == solo[1].token_ids[0].tolist()
     assert both.steps_per_block[1:] == solo[1].steps_per_block[1:]
+
+
+@pytest.mark.parametrize("kind, strategy, extra", [
+    ("diffusion", "low_confidence", {}), ("diffusion", "threshold", {"threshold": 0.5, "cache": "dual"}),
+    ("diffusion", "low_confidence", {"early_commit": (3.0, 2.0, 1.0)}), ("ar", "ar", {})])
+def test_solo_nfe_is_what_each_row_costs_alone(kind, strategy, extra):
+    """A batch runs until its slowest row is done; each row's solo count is the passes it needs decoded alone."""
+    shift = 1 if kind == "ar" else 0
+    eos = {0: 4 + 2 - shift, 2: 4 + 9 - shift}  # row -> where it ends; row 1 never does
+
+    def model_for(rows: dict[int, int]) -> torch.nn.Module:
+        if extra.get("early_commit"):  # wide logit gaps: rows commit early, each at its own step
+            return random_model("diffusion", seed=4, std=0.6)
+        return EosAt(kind, rows)
+
+    prompt = random_prompt(4, seed=11, batch=3)
+    kw = dict(strategy=strategy, max_new_tokens=16, block_size=4, **extra)
+    batched = unmask.generate(model_for(eos), prompt, **kw)
+    alone = [unmask.generate(model_for({0: eos[i]} if i in eos else {}), prompt[i:i + 1], **kw).nfe for i in range(3)]
+    assert batched.solo_nfe == alone
+    assert batched.row_forwards == batched.nfe * 3 >= sum(alone)
+    assert len(set(alone)) > 1  # the rows differ, so the batch's count is not everyone's

@@ -75,7 +75,8 @@ def environment() -> dict[str, Any]:
 def accuracy(model: torch.nn.Module, task: SortTask, setting: Setting, limit: int) -> dict[str, Any]:
     """Held-out exact match through `evaluate_sort`, batched as users evaluate."""
     res = evaluate_sort(model, task, limit=limit, batch_size=EVAL_BATCH, **setting.gen_kwargs())
-    return {"n": res["n"], "accuracy": res["accuracy"], "nfe_mean": res["nfe_mean"], "_outputs": res["outputs"],
+    return {"n": res["n"], "accuracy": res["accuracy"], "nfe_mean": res["nfe_mean"],
+            "solo_nfe_mean": res["solo_nfe_mean"], "_outputs": res["outputs"],
             "tokens_per_forward": res["tokens_per_forward"], "batch_tokens_per_second": res["tokens_per_second"]}
 
 
@@ -126,20 +127,23 @@ def latency(loaded: dict[str, torch.nn.Module], task: SortTask, settings: list[S
 
 def calibrated_rows(model: torch.nn.Module, task: SortTask, settings: list[Setting], quick: bool
                     ) -> dict[str, tuple[Setting | None, dict[str, Any]]]:
-    """For each early-commit row, the same row with gaps calibrated on training examples (bench.calibrate)."""
+    """For each early-commit row, the same row with gaps calibrated on training examples (bench.calibrate),
+    once for Prophet's mean gap (`KEY-cal`) and once for the every-position minimum (`KEY-min-cal`)."""
     from unmask.bench.calibrate import calibrate_early_commit
 
     out = {}
     for s in settings:
         if s.model == "diffusion" and s.options.get("early_commit") is True:
             base = {k: v for k, v in s.options.items() if k != "early_commit"}
-            info = calibrate_early_commit(model, task, base, n=100 if quick else 200)
-            row = None
-            if info["gaps"] is not None:
-                gaps = info["gaps"]
-                row = Setting(f"{s.key}-cal", f"{s.label} (gaps x{info['scale']:g}, calibrated on training examples)",
-                              "diffusion", {**base, "early_commit": gaps})
-            out[s.key] = (row, info)
+            found = calibrate_early_commit(model, task, base, pools=("mean", "min"), n=100 if quick else 300)
+            for pool, suffix in (("mean", "-cal"), ("min", "-min-cal")):
+                info = found[pool]
+                row = None
+                if info["gaps"] is not None:
+                    row = Setting(f"{s.key}{suffix}", f"{s.label} ({pool} gap, {info['label']}, calibrated on "
+                                  "training examples)", "diffusion",
+                                  {**base, "early_commit": info["gaps"], "early_commit_pool": pool})
+                out[s.key + suffix] = (row, info)
     return out
 
 

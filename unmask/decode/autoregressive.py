@@ -25,6 +25,7 @@ def autoregress(model: torch.nn.Module, prompt_ids: torch.Tensor, *, max_new_tok
     cache = KVCache.for_model(model, B, P + max_new_tokens) if use_cache else None
     logits = model(prompt_ids, positions[:, :P], valid=valid[:, :P], cache=cache)[:, -1]  # (B, V)
     nfe = 1
+    solo = torch.ones(B, dtype=torch.long)  # (B,) passes each row needed: until it has sampled EOS
     for i in range(max_new_tokens):
         nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         if stop_at_eos and eos_id is not None:
@@ -40,5 +41,6 @@ def autoregress(model: torch.nn.Module, prompt_ids: torch.Tensor, *, max_new_tok
             seq = torch.cat([prompt_ids, tokens[:, :i + 1]], dim=1)
             logits = model(seq, positions[:, :n], valid=valid[:, :n])[:, -1]
         nfe += 1
+        solo += ~done
     out, lengths, finished = cut_at_eos(tokens, eos_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(out, lengths, finished, nfe, time.perf_counter() - t0)
+    return GenerationResult(out, lengths, finished, nfe, time.perf_counter() - t0, solo=solo.tolist())

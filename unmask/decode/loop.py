@@ -44,6 +44,7 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
     budgets = steps_per_block(gen_length, block_size, steps)
     ends_early = stop_at_eos and eos_id is not None
     nfe, used = 0, []
+    solo = torch.zeros(B, dtype=torch.long)  # (B,) passes each row took part in with masks left in its block
     for (s, e), budget in zip(block_spans(gen_length, block_size), budgets):
         s, e = P + s, P + e
         block = x[:, s:e]  # a view: committing into it updates x
@@ -56,6 +57,7 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
         while masked.any():
             window = cache.step(x, (s, e), step)
             nfe += 1
+            solo += masked.any(dim=1)
             logits = window.at(s, e)  # (B, Lb, V)
             x0 = gumbel_argmax(logits, temperature, generator, forbid=mask_id)  # (B, Lb)
             conf = strategy.confidence(logits, x0, generator).masked_fill(~masked, float("-inf"))
@@ -72,7 +74,7 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
         if ends_early and bool((x[:, P:e] == eos_id).any(dim=1).all()):
             break  # every row has ended: later blocks are never computed
     tokens, lengths, finished = cut_at_eos(x[:, P:], eos_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, used)
+    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, used, solo=solo.tolist())
 
 
 def commit_all(x: torch.Tensor, window: Window, rule: EarlyCommit, P: int, gen_length: int, mask_id: int,

@@ -17,6 +17,13 @@ class GenerationResult:
     seconds: float
     steps_per_block: list[int] = field(default_factory=list)
     rows_share_forwards: bool = True  # False when each row ran its own passes (nfe then sums over rows)
+    solo: list[int] | None = None  # forward passes each row took part in while it still had work
+
+    @property
+    def solo_nfe(self) -> list[int]:
+        """Forward passes each row needed: what it costs decoded alone (batched rows decode as they do
+        alone), where `row_forwards` also charges a finished row for the passes its batch still ran."""
+        return self.solo if self.solo is not None else [self.nfe] * len(self.lengths)
 
     @property
     def row_forwards(self) -> int:
@@ -55,14 +62,15 @@ def decode_each_row(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mas
     """Run `decode_row(prompt `# (P,)`) -> (tokens, forward passes)` on each row alone (rows whose
     passes cannot be shared: they accept drafts or follow block grids of their own); nfe sums them."""
     t0 = time.perf_counter()
-    rows, nfe = [], 0
+    rows, solo = [], []
     for b in range(prompt_ids.shape[0]):
         prompt = prompt_ids[b][prompt_mask[b]] if prompt_mask is not None else prompt_ids[b]
         toks, n = decode_row(prompt)
         rows.append(toks)
-        nfe += n
+        solo.append(n)
     width = max(len(r) for r in rows)
     fill = model.eos_token_id if model.eos_token_id is not None else model.pad_token_id
     generated = torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, width)
     tokens, lengths, finished = cut_at_eos(generated, model.eos_token_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, rows_share_forwards=False)
+    return GenerationResult(tokens, lengths, finished, sum(solo), time.perf_counter() - t0, rows_share_forwards=False,
+                            solo=solo)
