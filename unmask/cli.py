@@ -122,7 +122,8 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         try:
             kw["early_commit"] = tuple(float(g) for g in args.early_commit.split(","))
         except ValueError:
-            raise UserError(f"--early-commit takes one or three numbers like 7.5,5,2.5, not {args.early_commit!r}") from None
+            raise UserError(f"--early-commit takes one or three numbers like 7.5,5,2.5, "
+                            f"not {args.early_commit!r}") from None
     if args.early_commit_pool is not None:
         if args.early_commit is None:
             raise UserError("--early-commit-pool needs --early-commit")

@@ -74,7 +74,8 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
         strategy = "low_confidence"  # a step budget names LLaDA's schedule, the rule that takes one
     strategy, cache, strategy_params = with_defaults(model, strategy, cache, strategy_params)
     if early_commit_pool != "mean" and not early_commit:
-        raise ValueError(f"early_commit_pool {early_commit_pool!r} pools the gaps of early commit: set early_commit too")
+        raise ValueError(f"early_commit_pool {early_commit_pool!r} pools the gaps of early commit: "
+                         "set early_commit too")
     check_request(model, prompt_ids, max_new_tokens, strategy)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     if strategy == ISD_STRATEGY:

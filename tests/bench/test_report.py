@@ -62,7 +62,8 @@ def test_the_ar_accuracy_comparison_counts_exactly_one_point():
 
 def test_early_commit_saving_counts_forwards_per_request_alone():
     """In a batch of 32 the passes run until the slowest row is done; the saving a request sees is its own."""
-    plain, fast = row("vanilla", "diffusion", 0.99, 100, nfe=48), row("vanilla+ec-min-cal", "diffusion", 0.985, 150, nfe=48)
+    plain = row("vanilla", "diffusion", 0.99, 100, nfe=48)
+    fast = row("vanilla+ec-min-cal", "diffusion", 0.985, 150, nfe=48)
     plain["solo_nfe_mean"], fast["solo_nfe_mean"] = 48.0, 30.0
     summ = summarise([row("ar", "ar", 1.0, 500), plain, fast])
     (ec,) = summ["early_commit"]

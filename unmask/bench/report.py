@@ -105,7 +105,8 @@ def markdown(report: Report) -> str:
     for s in report["settings"]:
         cells = [f"{b['latency_s_mean'] * 1e3:.1f} ms, {b['tokens_per_second']:.0f} tok/s" for b in s["buckets"]]
         solo = f"{s['solo_nfe_mean']:.1f}" if "solo_nfe_mean" in s else "n/a"
-        lines.append(f"| {s['label']} | {s['accuracy']:.3f} | {s['nfe_mean']:.1f} | {solo} | {s['tokens_per_forward']:.2f} | "
+        lines.append(f"| {s['label']} | {s['accuracy']:.3f} | {s['nfe_mean']:.1f} | {solo} | "
+                     f"{s['tokens_per_forward']:.2f} | "
                      + " | ".join(cells) + " |")
     summ = report["summary"]
     lines += ["", f"Batch-1 tokens/s at the longest outputs ({summ['at_list_length']} numbers), this run only:", ""]

@@ -9,7 +9,9 @@ and the new suffix sent, so multi-byte tokens never split.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -33,6 +35,9 @@ class AsyncEngine:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.subs: dict[str, Subscription] = {}
+        # Cancellations go through the engine thread: a client leaving must never make the event
+        # loop wait for the engine's lock, which the engine thread takes again right after each step.
+        self.cancelled: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -53,6 +58,7 @@ class AsyncEngine:
     def loop(self) -> None:
         while not self.stopping.is_set():
             with self.lock:
+                self.drop_cancelled()
                 busy = self.engine.has_work()
                 outs = self.engine.step() if busy else []
                 for out in outs:
@@ -61,6 +67,19 @@ class AsyncEngine:
             if not busy:
                 self.wake.wait(timeout=0.5)
                 self.wake.clear()
+            else:
+                time.sleep(0)  # a bare Lock is not fair: let a submit waiting for it in between steps
+
+    def drop_cancelled(self) -> None:
+        """Free the slots of requests whose clients left (engine thread, under the lock)."""
+        while True:
+            try:
+                rid = self.cancelled.get_nowait()
+            except queue.Empty:
+                return
+            if self.subs.pop(rid, None) is not None:
+                self.engine.cancel(rid)
+                self.metrics.requests.labels(outcome="cancelled").inc()
 
     def deliver(self, out: RequestOutput) -> None:
         sub = self.subs.get(out.request_id)
@@ -83,10 +102,9 @@ class AsyncEngine:
         return sub
 
     def cancel(self, request_id: str) -> None:
-        with self.lock:
-            if self.subs.pop(request_id, None) is not None:
-                self.engine.cancel(request_id)
-                self.metrics.requests.labels(outcome="cancelled").inc()
+        """Ask the engine thread to drop a request; returns at once."""
+        self.cancelled.put(request_id)
+        self.wake.set()
 
     async def outputs(self, sub: Subscription) -> AsyncIterator[RequestOutput]:
         """Each step's news until the request ends; leaving early (client gone) cancels it."""
