@@ -43,4 +43,4 @@ def autoregress(model: torch.nn.Module, prompt_ids: torch.Tensor, *, max_new_tok
         nfe += 1
         solo += ~done
     out, lengths, finished = cut_at_eos(tokens, eos_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(out, lengths, finished, nfe, time.perf_counter() - t0, solo=solo.tolist())
+    return GenerationResult(out, lengths, finished, nfe, time.perf_counter() - t0, solo_nfe=solo.tolist())

@@ -74,7 +74,7 @@ def denoise(model: torch.nn.Module, prompt_ids: torch.Tensor, strategy: Strategy
         if ends_early and bool((x[:, P:e] == eos_id).any(dim=1).all()):
             break  # every row has ended: later blocks are never computed
     tokens, lengths, finished = cut_at_eos(x[:, P:], eos_id, model.pad_token_id, stop_at_eos)
-    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, used, solo=solo.tolist())
+    return GenerationResult(tokens, lengths, finished, nfe, time.perf_counter() - t0, used, solo_nfe=solo.tolist())
 
 
 def commit_all(x: torch.Tensor, window: Window, rule: EarlyCommit, P: int, gen_length: int, mask_id: int,

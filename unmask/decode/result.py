@@ -17,13 +17,9 @@ class GenerationResult:
     seconds: float
     steps_per_block: list[int] = field(default_factory=list)
     rows_share_forwards: bool = True  # False when each row ran its own passes (nfe then sums over rows)
-    solo: list[int] | None = None  # forward passes each row took part in while it still had work
-
-    @property
-    def solo_nfe(self) -> list[int]:
-        """Forward passes each row needed: what it costs decoded alone (batched rows decode as they do
-        alone), where `row_forwards` also charges a finished row for the passes its batch still ran."""
-        return self.solo if self.solo is not None else [self.nfe] * len(self.lengths)
+    # Forward passes each row needed: what it costs decoded alone (batched rows decode as they do alone),
+    # where `row_forwards` also charges a finished row for the passes its batch still ran.
+    solo_nfe: list[int] = field(default_factory=list)
 
     @property
     def row_forwards(self) -> int:
@@ -73,4 +69,4 @@ def decode_each_row(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mas
     generated = torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, width)
     tokens, lengths, finished = cut_at_eos(generated, model.eos_token_id, model.pad_token_id, stop_at_eos)
     return GenerationResult(tokens, lengths, finished, sum(solo), time.perf_counter() - t0, rows_share_forwards=False,
-                            solo=solo)
+                            solo_nfe=solo)
