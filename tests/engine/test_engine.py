@@ -7,6 +7,7 @@ import torch
 import unmask
 from conftest import random_model, random_prompt
 from unmask.engine.engine import Engine
+from unmask.engine.exact_rows import plan_passes
 from unmask.engine.request import SamplingParams
 
 
@@ -132,13 +133,67 @@ def test_dual_cache_rows_match_generate_with_dual_cache(shift):
         assert r.output_ids == ref.sequences[0], r.request_id
 
 
-def test_engine_refuses_the_d2f_pipeline_with_a_way_out():
-    """A block-diffusion model's default decoding (d2f) runs row by row; the engine says so and what to use."""
-    model = random_model("block-diffusion")
-    with pytest.raises(ValueError, match="does not batch strategy 'd2f'.*'threshold'"):
-        Engine(model).add_request([5, 6], SamplingParams(max_new_tokens=8))
-    req = Engine(model).generate([[5, 6]], SamplingParams(max_new_tokens=8, strategy="threshold"))[0]
-    assert req.finish_reason in ("stop", "length")
+@pytest.fixture(scope="module")
+def bd():
+    return random_model("block-diffusion", seed=5, std=0.5)  # model block size 4
+
+
+def test_block_causal_rows_with_exact_prefixes_match_generate_without_cache(bd):
+    """Rules and the D2F pipeline, prompts off and on the block grid, joining as others leave: every
+    request gets the tokens of decoding it alone with everything recomputed (d2f: its own decoder)."""
+    jobs = [(random_prompt(n, seed=60 + n)[0].tolist(), p) for n, p in [
+        (5, SamplingParams(max_new_tokens=16, strategy="threshold", block_size=4, options={"threshold": 0.3})),
+        (8, SamplingParams(max_new_tokens=12, strategy="low_confidence", block_size=4, stop_at_eos=False)),
+        (3, SamplingParams(max_new_tokens=20, strategy="d2f", options={"threshold": 0.3, "add": 0.2},
+                           stop_at_eos=False)),
+        (7, SamplingParams(max_new_tokens=14, strategy="factor", block_size=6, options={"factor": 2.0})),
+        (6, SamplingParams(max_new_tokens=24, strategy="d2f", options={"threshold": 0.5, "activate": 0.5})),
+        (9, SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=8, steps=4, cache="exact")),
+        (4, SamplingParams(max_new_tokens=18, strategy="d2f", stop_at_eos=False))]]
+    eng = Engine(bd, max_running=4)
+    reqs = [eng.add_request(p, params) for p, params in jobs]
+    while eng.has_work():
+        eng.step()
+    for r, (p, params) in zip(reqs, jobs):
+        kw = dict(strategy=params.strategy, stop_at_eos=params.stop_at_eos, **params.options)
+        if params.strategy != "d2f":
+            kw.update(block_size=params.block_size, steps=params.steps)
+        ref = unmask.generate(bd, torch.tensor([p]), max_new_tokens=params.max_new_tokens, **kw)
+        assert r.output_ids == ref.sequences[0], r.request_id
+        assert r.finish_reason == ("stop" if ref.finished[0] else "length")
+
+
+def test_block_causal_passes_never_recompute_finished_blocks(bd, monkeypatch):
+    """After a row's first pass, no pass runs a column of a finished model block again."""
+    widths = []
+    real = bd.forward
+
+    def spy(ids, *a, **kw):
+        widths.append(ids.shape[1])
+        return real(ids, *a, **kw)
+
+    monkeypatch.setattr(bd, "forward", spy)
+    prompt = random_prompt(8, seed=1)[0].tolist()  # on the grid: blocks of 4 after 8 prompt tokens
+    req = Engine(bd).generate([prompt], SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=4,
+                                                       stop_at_eos=False))[0]
+    assert len(req.output_ids) == 16
+    assert widths[0] == 12  # the prompt and the first block
+    assert max(widths[1:]) <= 8  # at most the finished previous block, riding along once, and this one
+
+
+def test_block_causal_rows_refuse_an_approximate_cache(bd):
+    with pytest.raises(ValueError, match="cached exactly"):
+        Engine(bd).add_request([5, 6], SamplingParams(max_new_tokens=8, strategy="threshold", cache="dual"))
+    with pytest.raises(ValueError, match="strategy 'd2f' takes"):
+        Engine(bd).add_request([5, 6], SamplingParams(max_new_tokens=8, strategy="d2f", options={"factor": 1.0}))
+    with pytest.raises(ValueError, match="needs a block-causal"):
+        Engine(random_model("diffusion")).add_request([5, 6], SamplingParams(max_new_tokens=8, strategy="d2f"))
+
+
+def test_a_block_diffusion_model_defaults_to_the_d2f_pipeline_like_generate(bd):
+    prompt = random_prompt(5, seed=3)[0].tolist()
+    req = Engine(bd).generate([prompt], SamplingParams(max_new_tokens=16))[0]
+    assert req.output_ids == unmask.generate(bd, torch.tensor([prompt]), max_new_tokens=16).sequences[0]
 
 
 def test_block_diffusion_rows_default_to_the_models_block_like_generate():
@@ -155,3 +210,13 @@ def test_block_diffusion_rows_default_to_the_models_block_like_generate():
 def test_engine_refuses_caches_it_does_not_offer(mdm):
     with pytest.raises(ValueError, match="cache 'dual' or none"):
         Engine(mdm).add_request([5, 6], SamplingParams(cache="delayed"))
+
+
+def test_passes_group_rows_of_similar_width():
+    """A prefilling row (wide window) gets its own pass when padding the others to it costs more than a pass."""
+    assert plan_passes([50, 10, 12, 11], overhead=20) == [[0], [2, 3, 1]]
+    assert plan_passes([50, 10, 12, 11], overhead=200) == [[0, 2, 3, 1]]  # passes are dear: one pass
+    assert plan_passes([8, 8, 8], overhead=0) == [[0, 1, 2]]  # equal widths never split
+    groups = plan_passes([30, 5, 60, 7, 33, 9, 61], overhead=16)
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    assert groups == [[6, 2], [4, 0], [5, 3, 1]]

@@ -1,6 +1,6 @@
 """`unmask bench --serve`: concurrent streaming clients against a real `unmask serve` process.
 
-For the diffusion model and its AR twin in turn, the same closed-loop load: C clients, each sending
+For the diffusion model, the block-diffusion (D2F) model and their AR twin in turn, the same closed-loop load: C clients, each sending
 held-out sort prompts one after another for a fixed time, streaming the answer. Reported per model and
 concurrency: throughput (completion tokens/s over the window), time to first token and latency p50/p99,
 and failed requests. Both models are served by the same engine, so the ratio is engine-for-engine.
@@ -29,10 +29,11 @@ from unmask.evaluation import task_of
 from unmask.models.checkpoints import load_model
 
 CONCURRENCY = (1, 4, 16, 32)
-SERVE_MODELS = {"diffusion": "sort-mdm", "ar": "sort-ar"}
-# Fast-dLLM's threshold rule with blocks of 16, as the README's serving figures were measured;
-# the server's default would be the model's own default.
-DIFFUSION_OPTIONS = {"strategy": "threshold", "threshold": TAU, "block_size": 16, "cache": "dual"}
+SERVE_MODELS = {"diffusion": "sort-mdm", "block-diffusion": "sort-d2f", "ar": "sort-ar"}
+# sort-mdm: Fast-dLLM's threshold rule with blocks of 16, as the README's serving figures were measured
+# (the server's default would be the model's own default). sort-d2f and the AR twin: their defaults
+# (the D2F pipeline with exact caches; greedy with a KV cache).
+OPTIONS = {"diffusion": {"strategy": "threshold", "threshold": TAU, "block_size": 16, "cache": "dual"}}
 
 
 def free_port() -> int:
@@ -130,7 +131,7 @@ async def load(base: str, name: str, prompts: list[str], extra: dict[str, Any], 
 
 def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, seconds: float | None = None,
                     concurrency: tuple[int, ...] = CONCURRENCY, models: dict[str, str] | None = None,
-                    roles: tuple[str, ...] = ("diffusion", "ar")) -> dict[str, Any]:
+                    roles: tuple[str, ...] = tuple(SERVE_MODELS)) -> dict[str, Any]:
     from unmask.bench.serving_report import write_serve_report
 
     names = {role: name for role, name in {**SERVE_MODELS, **(models or {})}.items() if role in roles}
@@ -139,7 +140,7 @@ def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, second
     prompts = [ex.prompt for ex in task.test_examples[:200]]
     rows = []
     for role, model in names.items():
-        extra = DIFFUSION_OPTIONS if role == "diffusion" else {}
+        extra = OPTIONS.get(role, {})
         with serving(model, max(concurrency)) as base:
             asyncio.run(load(base, Path(model).name, prompts[:4], extra, 1, 1.0))  # warm-up, untimed
             threads = httpx.get(base + "/health", timeout=5).json().get("threads")
@@ -152,7 +153,7 @@ def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, second
     for role, model in names.items():
         if progress:
             print(f"unmask bench --serve: {model} in the engine alone (no HTTP)", file=sys.stderr)
-        extra = DIFFUSION_OPTIONS if role == "diffusion" else {}
+        extra = OPTIONS.get(role, {})
         alone += [{"role": role, **row} for row in engine_only(model, extra, concurrency, 32 if quick else 128)]
     report = {"seconds_per_level": seconds, "concurrency": list(concurrency), "models": names,
               "prompts": "held-out sort prompts, cycled", "rows": rows, "engine_only": alone}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from unmask.engine.request import Request, RequestOutput, SamplingParams, Status
-from unmask.engine.runner import Runner
+from unmask.engine.runner import Row, Runner
 from unmask.engine.scheduler import Scheduler
 
 
@@ -35,17 +35,25 @@ class Engine:
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Request:
         """Queue a request; a request that cannot run raises ValueError here, before it waits."""
+        req, row = self.prepare(prompt_ids, params, request_id)
+        self.add_prepared(req, row)
+        return req
+
+    def prepare(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
+                ) -> tuple[Request, Row]:
+        """Validate a request and build its row without changing the engine, so another thread may call it
+        while a step runs (the server does); ValueError if it cannot run. `add_prepared` then queues it."""
         req = Request(list(prompt_ids), params) if request_id is None else Request(list(prompt_ids), params, request_id)
+        row = self.runner.build(req)
+        self.scheduler.check(req)
+        return req, row
+
+    def add_prepared(self, req: Request, row: Row) -> None:
         if req.request_id in self.requests:
             raise ValueError(f"request id {req.request_id!r} is already in use")
-        self.runner.admit(req)
-        try:
-            self.scheduler.add(req)
-        except ValueError:
-            self.runner.release(req.request_id)
-            raise
+        self.scheduler.add(req)
+        self.runner.adopt(req.request_id, row)
         self.requests[req.request_id] = req
-        return req
 
     def cancel(self, request_id: str) -> None:
         """Free a request's slot now (a client went away); a finished or unknown id is ignored."""

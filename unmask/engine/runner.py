@@ -6,6 +6,10 @@ every request by one denoising step of its current block, so requests at differe
 with different rules step together. A bidirectional row only sees itself, so a request's tokens
 are the ones `unmask.generate` gives it alone (same rule, no cache).
 
+Block-causal rows (block diffusion, D2F students) keep their finished blocks' keys and values, exactly
+(engine/exact_rows.py): a pass runs only each row's unfinished blocks. They step by a rule or by the D2F
+pipeline (several blocks in flight), and give the tokens `unmask.generate` gives them alone.
+
 AR: each request keeps its keys and values; one batched forward decodes one token for every
 running request, their caches laid right-aligned in one `KVCache` for that pass.
 """
@@ -15,10 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from unmask.decode.pipeline import D2F_DEFAULTS, PipelineRow, check_d2f
 from unmask.decode.registry import D2F_STRATEGY, make_strategy
 from unmask.decode.sampling import gumbel_argmax, sample_next
 from unmask.decode.schedule import block_spans, steps_per_block
 from unmask.decode.strategies.base import Strategy
+from unmask.engine.exact_rows import ExactPrefix, forward_windows, plan_passes, window_for
 from unmask.engine.request import Request, RequestOutput
 from unmask.generation import check_request, default_block_size, with_defaults
 from unmask.models.kv_cache import KVCache
@@ -38,6 +44,24 @@ class DiffusionRow:
     emitted: int = 0
     k: torch.Tensor | None = None  # (n_layers, Hkv, P+N, D)
     v: torch.Tensor | None = None
+    exact: ExactPrefix | None = None  # block-causal models: the finished blocks' keys and values
+
+
+@dataclass
+class PipelineDiffusionRow:
+    """A block-causal row decoded by the D2F pipeline: the rule's state and the row's exact prefix."""
+
+    pipe: PipelineRow
+    exact: ExactPrefix = field(default_factory=ExactPrefix)
+    emitted: int = 0
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.pipe.x
+
+    @property
+    def prompt_len(self) -> int:
+        return self.pipe.P
 
 
 @dataclass
@@ -50,20 +74,26 @@ class ARRow:
     generated: list[int] = field(default_factory=list)
 
 
+Row = DiffusionRow | PipelineDiffusionRow | ARRow
+
+
 class Runner:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.ar = model.config.kind == "ar"
         self.mask_id, self.eos_id, self.pad_id = model.mask_token_id, model.eos_token_id, model.pad_token_id
         self.shift = bool(getattr(model.config, "logits_shift", False))
-        self.rows: dict[str, DiffusionRow | ARRow] = {}
+        self.rows: dict[str, Row] = {}
 
     # -- request lifecycle ---------------------------------------------------------------------------
-    def admit(self, req: Request) -> None:
-        """Validate a request and build its row; raises ValueError with one sentence if it cannot run."""
+    def adopt(self, request_id: str, row: Row) -> None:
+        self.rows[request_id] = row
+
+    def build(self, req: Request) -> Row:
+        """Validate a request and build its row, changing nothing here (safe beside a running step);
+        raises ValueError with one sentence if it cannot run."""
         p = req.params
         strategy, cache, options = with_defaults(self.model, p.strategy, p.cache, dict(p.options))
-        cache = None if cache == "exact" else cache  # the engine recomputes block-causal rows whole
         prompt = torch.tensor([req.prompt_ids], dtype=torch.long)
         check_request(self.model, prompt, p.max_new_tokens, strategy)
         gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
@@ -73,19 +103,29 @@ class Runner:
             unknown = sorted(set(options) - {"top_k", "top_p"})
             if unknown:
                 raise ValueError(f"strategy 'ar' does not take {', '.join(unknown)}")
-            self.rows[req.request_id] = ARRow(prompt[0], gen)
-            return
-        if cache not in (None, "dual"):
+            return ARRow(prompt[0], gen)
+        block_causal = self.model.config.attention == "block-causal"
+        if block_causal and cache not in (None, "exact"):
+            raise ValueError(f"a block-causal model is cached exactly (cache 'exact', the engine's only one for it), "
+                             f"not {cache!r}")
+        if not block_causal and cache not in (None, "dual"):
             raise ValueError(f"the engine offers cache 'dual' or none, not {cache!r}")
-        if strategy == D2F_STRATEGY:  # each row follows its own block grid: unmask.generate runs it row by row
-            raise ValueError("the engine does not batch strategy 'd2f'; name a step rule such as 'threshold' "
-                             "(or decode with unmask.generate)")
-        rule = make_strategy(strategy, **options)
         N, P = p.max_new_tokens, len(req.prompt_ids)
+        if strategy == D2F_STRATEGY:
+            unknown = sorted(set(options) - set(D2F_DEFAULTS))
+            if unknown or p.steps is not None:
+                raise ValueError(f"strategy 'd2f' takes {', '.join(D2F_DEFAULTS)}, not "
+                                 f"{', '.join(unknown) or 'steps'}")
+            rule = {**D2F_DEFAULTS, **options}
+            check_d2f(self.model, rule["threshold"], rule["add"], rule["activate"])
+            return PipelineDiffusionRow(PipelineRow(
+                self.model, prompt[0], N, **rule, temperature=p.temperature, stop_at_eos=p.stop_at_eos, generator=gen))
+        rule = make_strategy(strategy, **options)
         block = min(p.block_size or default_block_size(self.model), N)
         x = torch.cat([prompt[0], torch.full((N,), self.mask_id, dtype=torch.long)])
-        self.rows[req.request_id] = DiffusionRow(x, P, [(P + s, P + e) for s, e in block_spans(N, block)],
-                                                 steps_per_block(N, block, p.steps), rule, gen, cache == "dual")
+        return DiffusionRow(x, P, [(P + s, P + e) for s, e in block_spans(N, block)],
+                            steps_per_block(N, block, p.steps), rule, gen, cache == "dual",
+                            exact=ExactPrefix() if block_causal else None)
 
     def release(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
@@ -103,8 +143,11 @@ class Runner:
 
     def step_diffusion(self, requests: list[Request]) -> list[RequestOutput]:
         """Rows without a usable cache run whole (left-padded together); cached rows run only their block,
-        grouped by block length. Then every row applies its own rule to its block's logits."""
+        grouped by block length; block-causal rows run their windows after their exact prefixes, all in one
+        pass. Then every row applies its own rule to its block's logits."""
         rows = {r.request_id: self.rows[r.request_id] for r in requests}
+        if self.model.config.attention == "block-causal":
+            return self.step_block_causal(requests, rows)
         full = [r for r in requests if not rows[r.request_id].cached or rows[r.request_id].step == 0]
         logits: dict[str, torch.Tensor] = {}
         if full:
@@ -117,6 +160,37 @@ class Runner:
         for group in by_length.values():
             logits.update(self.forward_block(group, rows))
         return [self.apply_rule(r, rows[r.request_id], logits[r.request_id]) for r in requests]
+
+    def step_block_causal(self, requests: list[Request], rows: dict[str, DiffusionRow | PipelineDiffusionRow]
+                          ) -> list[RequestOutput]:
+        """Rows of similar window widths share a pass (a row that is prefilling its prompt would make every
+        other row pad up to its width); each row's window runs after its exact prefix."""
+        seqs = [rows[r.request_id] for r in requests]
+        spans = [row.pipe.span() if isinstance(row, PipelineDiffusionRow) else row.spans[row.block] for row in seqs]
+        starts = [row.exact.committed for row in seqs]  # each window's first column, before this pass commits
+        size = self.model.config.block_size
+        widths = [window_for(row.exact, sp, size, row.x.numel())[1] - c for row, sp, c in zip(seqs, spans, starts)]
+        windows: list[torch.Tensor | None] = [None] * len(seqs)
+        for group in plan_passes(widths):
+            got = forward_windows(self.model, [seqs[i].x for i in group], [seqs[i].exact for i in group],
+                                  [spans[i] for i in group])
+            for i, logits in zip(group, got):
+                windows[i] = logits
+        outs = []
+        for req, row, (s, e), c, logits in zip(requests, seqs, spans, starts, windows):
+            if isinstance(row, PipelineDiffusionRow):
+                row.pipe.apply(lambda bs, be: logits[bs - c:be - c])
+                outs.append(self.advance_pipeline(req, row))
+            else:
+                outs.append(self.apply_rule(req, row, logits[s - c:e - c]))
+        return outs
+
+    def advance_pipeline(self, req: Request, row: PipelineDiffusionRow) -> RequestOutput:
+        if row.pipe.span() is not None:
+            return self.emit(req, row, finished=False)
+        gen = row.x[row.prompt_len:]
+        ended = req.params.stop_at_eos and self.eos_id is not None and bool((gen == self.eos_id).any())
+        return self.emit(req, row, finished=True, reason="stop" if ended else "length")
 
     def forward_full(self, requests: list[Request], rows: dict[str, DiffusionRow]) -> dict[str, torch.Tensor]:
         """Whole rows, left-padded into one batch; cached rows keep their keys/values for the block's later steps."""
@@ -187,7 +261,7 @@ class Runner:
             return self.emit(req, row, finished=True, reason="stop")
         return self.emit(req, row, finished=row.block == len(row.spans), reason="length")
 
-    def emit(self, req: Request, row: DiffusionRow, *, finished: bool, reason: str | None = None) -> RequestOutput:
+    def emit(self, req: Request, row: DiffusionRow | PipelineDiffusionRow, *, finished: bool, reason: str | None = None) -> RequestOutput:
         gen = row.x[row.prompt_len:].tolist()
         final = gen.index(self.mask_id) if self.mask_id in gen else len(gen)  # committed prefix
         if req.params.stop_at_eos and self.eos_id in gen[:final]:

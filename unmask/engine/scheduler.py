@@ -19,10 +19,14 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
-    def add(self, request: Request) -> None:
+    def check(self, request: Request) -> None:
+        """ValueError if the request could never run here (it needs more token slots than the engine holds)."""
         if request.footprint > self.max_tokens:
             raise ValueError(f"the request needs {request.footprint} token slots; this engine holds "
                              f"{self.max_tokens} at most")
+
+    def add(self, request: Request) -> None:
+        self.check(request)
         request.status = Status.WAITING
         self.waiting.append(request)
 

@@ -1,6 +1,6 @@
 """OpenAI-compatible request and response bodies (pydantic), plus unmask's own decoding fields.
 
-Fields beyond OpenAI's (strategy, block_size, steps, threshold, factor, confidence, cache) are accepted
+Fields beyond OpenAI's (strategy, block_size, steps, threshold, factor, confidence, add, activate, cache) are accepted
 as extra body fields (the openai client's `extra_body=`) with validated ranges; unknown fields are
 ignored, as OpenAI does, except `n` > 1 and `best_of`, which are refused rather than silently dropped.
 """
@@ -30,10 +30,13 @@ class DecodingFields(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.01)
     factor: float | None = Field(None, gt=0.0, le=100.0)
     confidence: Literal["prob", "margin", "entropy"] | None = None
-    cache: Literal["none", "dual"] | None = None
+    add: float | None = Field(None, gt=0.0, le=1.01)  # d2f: tau_add
+    activate: float | None = Field(None, gt=0.0, le=1.01)  # d2f: tau_act
+    cache: Literal["none", "dual", "exact"] | None = None
 
     def rule_options(self) -> dict[str, Any]:
-        opts = {"threshold": self.threshold, "factor": self.factor, "confidence": self.confidence}
+        opts = {"threshold": self.threshold, "factor": self.factor, "confidence": self.confidence, "add": self.add,
+                "activate": self.activate}
         return {k: v for k, v in opts.items() if v is not None}
 
     def sampling_params(self, default_new: int) -> SamplingParams:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from unmask.engine.engine import Engine
+from unmask.engine.runner import Row
 from unmask.engine.request import Request, RequestOutput, SamplingParams
 from unmask.server.metrics import Metrics
 
@@ -35,8 +36,10 @@ class AsyncEngine:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.subs: dict[str, Subscription] = {}
-        # Cancellations go through the engine thread: a client leaving must never make the event
-        # loop wait for the engine's lock, which the engine thread takes again right after each step.
+        # New requests and cancellations go through the engine thread: the event loop must never wait for
+        # the engine's lock, which the engine thread holds through each step (tens of ms at 16 rows) and
+        # takes again right after it; waiting there would stall every other client's stream.
+        self.submitted: queue.SimpleQueue[tuple[Request, Row]] = queue.SimpleQueue()
         self.cancelled: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
@@ -58,6 +61,7 @@ class AsyncEngine:
     def loop(self) -> None:
         while not self.stopping.is_set():
             with self.lock:
+                self.take_submitted()
                 self.drop_cancelled()
                 busy = self.engine.has_work()
                 outs = self.engine.step() if busy else []
@@ -69,6 +73,18 @@ class AsyncEngine:
                 self.wake.clear()
             else:
                 time.sleep(0)  # a bare Lock is not fair: let a submit waiting for it in between steps
+
+    def take_submitted(self) -> None:
+        """Queue requests the event loop prepared (engine thread, under the lock)."""
+        while True:
+            try:
+                req, row = self.submitted.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self.engine.add_prepared(req, row)
+            except ValueError as err:
+                self.deliver(RequestOutput(req.request_id, [], True, "error", str(err)))
 
     def drop_cancelled(self) -> None:
         """Free the slots of requests whose clients left (engine thread, under the lock)."""
@@ -94,10 +110,10 @@ class AsyncEngine:
         """Queue a request (ValueError if it cannot run) and subscribe to its outputs."""
         if self.stopping.is_set():
             raise RuntimeError("the server is shutting down")
-        with self.lock:
-            req = self.engine.add_request(prompt_ids, params)
-            sub = Subscription(req, asyncio.Queue(), asyncio.get_running_loop())
-            self.subs[req.request_id] = sub
+        req, row = self.engine.prepare(prompt_ids, params)  # validation needs no lock: it changes nothing
+        sub = Subscription(req, asyncio.Queue(), asyncio.get_running_loop())
+        self.subs[req.request_id] = sub
+        self.submitted.put((req, row))
         self.wake.set()
         return sub
 
