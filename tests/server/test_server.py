@@ -1,10 +1,12 @@
 """A real `unmask serve` process on 127.0.0.1, driven by the official openai client and raw HTTP."""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -14,7 +16,10 @@ import torch
 
 import unmask
 from unmask.bench.serving import free_port
+from unmask.engine.engine import Engine
+from unmask.engine.request import SamplingParams
 from unmask.evaluation import prompt_for
+from unmask.server.serving import AsyncEngine
 
 
 def start_server(model: str, *extra: str):
@@ -156,3 +161,40 @@ def test_chat_uses_the_models_template(server, client):
     chunks = list(client.chat.completions.create(model=name, messages=[{"role": "user", "content": "sort: 6 2 4"}],
                                                  max_tokens=12, stream=True, extra_body={"block_size": 12}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == res.choices[0].message.content
+
+
+def test_a_block_diffusion_model_serves_concurrent_d2f_requests_as_generate_decodes_them():
+    """The bundled D2F student, at its default (the D2F pipeline, exact caches), 16 concurrent streams."""
+    prompts = [f"sort: {(13 * i) % 100} {(7 * i + 5) % 100} {(31 * i + 2) % 100} {i}" for i in range(16)]
+    for base, name in start_server("sort-d2f"):
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+
+        def ask(p: str) -> str:
+            return "".join(c.choices[0].text for c in client.completions.create(model=name, prompt=p, stream=True))
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, prompts))
+        with pytest.raises(openai.BadRequestError, match="cached exactly"):
+            client.completions.create(model=name, prompt="sort: 3 1", extra_body={"strategy": "threshold",
+                                                                                  "cache": "dual"})
+    for p, a in zip(prompts, answers):
+        assert a == expected("sort-d2f", p), p
+
+
+def test_a_new_request_never_waits_for_the_engine_lock(trained_mdm):
+    """The engine thread holds the lock through each step; submitting must not block the event loop on it."""
+    engine = AsyncEngine(Engine(unmask.load_model(str(trained_mdm[0]))))
+
+    async def submit_while_locked() -> float:
+        with engine.lock:  # as during a step
+            t0 = time.perf_counter()
+            engine.submit([5, 6, 7], SamplingParams(max_new_tokens=8))
+            return time.perf_counter() - t0
+
+    result: list[float] = []
+    worker = threading.Thread(target=lambda: result.append(asyncio.run(submit_while_locked())),
+                                            daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert result and result[0] < 1.0, "submit blocked on the engine lock"
+    assert engine.submitted.qsize() == 1
