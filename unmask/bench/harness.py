@@ -1,6 +1,7 @@
 """`unmask bench`: the AR twin against every diffusion decoding setting, in one process.
 
-Sort: held-out accuracy and batch-1 latency by answer length. Text (Shakespeare, `bench.text`):
+Sort: held-out accuracy and batch-1 latency by answer length, then by requested output length
+(`bench.gen_length`: 64 to 192 tokens for answers that end at EOS). Text (Shakespeare, `bench.text`):
 batch-1 speed at 64/128/256 new tokens, the samples scored by the AR twin.
 
 Every figure comes from one run on one machine, through the calls users make
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from unmask.bench.gen_length import run_gen_lengths
 from unmask.bench.settings import BLOCK_SIZE, Setting, make_settings
 from unmask.data.sort import Example, SortTask
 from unmask.evaluation import evaluate_sort, task_of
@@ -197,6 +199,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
         results.append({**asdict(s), "model_path": names[s.model], **accuracy(loaded[s.model], task, s, limit)})
     bar.close()
     timings = latency(loaded, task, settings, buckets, progress)
+    sweep = run_gen_lengths(loaded, task, settings, buckets[max(buckets)], progress=progress)
     outputs = {row["key"]: row.pop("_outputs") for row in results}
     for row in results:
         row["buckets"] = timings[row["key"]]
@@ -211,7 +214,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
                            "latency_batch_size": 1, "max_new_tokens": task.max_window, "block_size": BLOCK_SIZE,
                            "warmup_calls_per_setting": 1, "order": "settings interleaved per example, start rotated",
                            "timer": "time.perf_counter around unmask.generate"},
-              "settings": results, "summary": summarise(results),
+              "settings": results, "summary": summarise(results), "gen_lengths": sweep,
               "early_commit_calibration": {key: info for key, (_, info) in calibration.items()}}
     if with_text:
         plain = [s for s in settings if s.model in ("ar", "diffusion") and s.options.get("strategy") != "verifier"

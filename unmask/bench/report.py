@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unmask.bench.gen_length import gen_length_markdown
+
 Report = dict[str, Any]
 
 
@@ -136,6 +138,8 @@ def markdown(report: Report) -> str:
         lines.append(f"ISD (sort-isd): {fmt_ratio(i['fewer_forwards_than_its_ar_greedy'])} fewer forwards than the same "
                      f"model's AR greedy (batch 1), {fmt_ratio(i['vs_ar_twin'])} the AR twin's tokens/s, outputs "
                      f"identical to its AR greedy on {i['identical_to_ar_greedy']} examples, accuracy {i['accuracy']:.3f}.")
+    if report.get("gen_lengths"):
+        lines += ["", *gen_length_markdown(report["gen_lengths"])]
     if report.get("text"):
         lines += ["", *text_markdown(report["text"])]
     lines += ["", f"Models: {', '.join(f'{k}={v}' for k, v in report['models'].items())}.",
