@@ -11,7 +11,8 @@ def test_each_row_runs_at_each_length_and_vanilla_covers_the_whole_window():
     loaded = {"diffusion": random_model("diffusion", seed=1), "ar": random_model("ar", seed=1)}
     task = SortTask(min_len=2, max_len=3, max_window=8)
     settings = [Setting("ar", "AR", "ar", {"strategy": "ar"}),
-                Setting("vanilla", "vanilla, blocks of 4", "diffusion", {"strategy": "low_confidence", "block_size": 4}),
+                Setting("vanilla", "vanilla, blocks of 4", "diffusion",
+                        {"strategy": "low_confidence", "block_size": 4}),
                 Setting("threshold", "not swept", "diffusion", {"strategy": "threshold"})]
     assert [s.key for s in sweep_settings(settings)] == ["ar", "vanilla", "vanilla-window"]
     sweep = run_gen_lengths(loaded, task, settings, task.test_examples[:2], lengths=(8, 16), progress=False)

@@ -174,9 +174,10 @@ def test_block_causal_passes_never_recompute_finished_blocks(bd, monkeypatch):
 
     monkeypatch.setattr(bd, "forward", spy)
     prompt = random_prompt(8, seed=1)[0].tolist()  # on the grid: blocks of 4 after 8 prompt tokens
-    req = Engine(bd).generate([prompt], SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=4,
-                                                       stop_at_eos=False))[0]
-    assert len(req.output_ids) == 16
+    eng = Engine(bd)
+    req = eng.generate([prompt], SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=4,
+                                                stop_at_eos=False))[0]
+    assert len(req.output_ids) == 16 and eng.stats.forward_passes == len(widths)  # /metrics counts real passes
     assert widths[0] == 12  # the prompt and the first block
     assert max(widths[1:]) <= 8  # at most the finished previous block, riding along once, and this one
 

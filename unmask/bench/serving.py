@@ -1,9 +1,10 @@
 """`unmask bench --serve`: concurrent streaming clients against a real `unmask serve` process.
 
-For the diffusion model, the block-diffusion (D2F) model and their AR twin in turn, the same closed-loop load: C clients, each sending
-held-out sort prompts one after another for a fixed time, streaming the answer. Reported per model and
-concurrency: throughput (completion tokens/s over the window), time to first token and latency p50/p99,
-and failed requests. Both models are served by the same engine, so the ratio is engine-for-engine.
+For the diffusion model, the block-diffusion (D2F) model and their AR twin in turn, the same closed-loop
+load: C clients, each sending held-out sort prompts one after another for a fixed time, streaming the
+answer. Reported per model and concurrency: throughput (completion tokens/s over the window), time to
+first token and latency p50/p99, and failed requests. All models are served by the same engine, so the
+ratios are engine-for-engine.
 Then the same prompts go straight into the engine, no HTTP (bench/engine_only.py), to show what batching
 buys the engine itself on this machine.
 """

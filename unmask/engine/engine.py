@@ -20,7 +20,7 @@ class EngineStats:
     requests_cancelled: int = 0
     tokens_generated: int = 0
     forward_passes: int = 0
-    row_forwards: int = 0  # forward passes times the requests in them: tokens/forward per request
+    row_forwards: int = 0  # each step's requests, summed: tokens per forward a request took part in
     latencies_s: list[float] = field(default_factory=list)
     first_token_s: list[float] = field(default_factory=list)
 
@@ -79,17 +79,17 @@ class Engine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        before = self.runner.passes
         try:
             outs = self.runner.step(batch)
-            self.stats.forward_passes += 1
         except Exception:  # one request's fault must not sink the batch: retry each alone
             outs = []
             for req in batch:
                 try:
                     outs += self.runner.step([req])
-                    self.stats.forward_passes += 1
                 except Exception as err:  # noqa: BLE001 - reported to that request's client
                     outs.append(RequestOutput(req.request_id, [], True, "error", f"{type(err).__name__}: {err}"))
+        self.stats.forward_passes += self.runner.passes - before
         self.stats.row_forwards += len(batch)
         for out in outs:
             self.postprocess(out)

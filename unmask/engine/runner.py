@@ -84,6 +84,7 @@ class Runner:
         self.mask_id, self.eos_id, self.pad_id = model.mask_token_id, model.eos_token_id, model.pad_token_id
         self.shift = bool(getattr(model.config, "logits_shift", False))
         self.rows: dict[str, Row] = {}
+        self.passes = 0  # forward passes run so far (a step may run several: prefills, groups of widths)
 
     # -- request lifecycle ---------------------------------------------------------------------------
     def adopt(self, request_id: str, row: Row) -> None:
@@ -143,8 +144,8 @@ class Runner:
 
     def step_diffusion(self, requests: list[Request]) -> list[RequestOutput]:
         """Rows without a usable cache run whole (left-padded together); cached rows run only their block,
-        grouped by block length; block-causal rows run their windows after their exact prefixes, all in one
-        pass. Then every row applies its own rule to its block's logits."""
+        grouped by block length; block-causal rows run their windows after their exact prefixes (rows of
+        similar width together). Then every row applies its own rule to its block's logits."""
         rows = {r.request_id: self.rows[r.request_id] for r in requests}
         if self.model.config.attention == "block-causal":
             return self.step_block_causal(requests, rows)
@@ -172,6 +173,7 @@ class Runner:
         widths = [window_for(row.exact, sp, size, row.x.numel())[1] - c for row, sp, c in zip(seqs, spans, starts)]
         windows: list[torch.Tensor | None] = [None] * len(seqs)
         for group in plan_passes(widths):
+            self.passes += 1
             got = forward_windows(self.model, [seqs[i].x for i in group], [seqs[i].exact for i in group],
                                   [spans[i] for i in group])
             for i, logits in zip(group, got):
@@ -203,6 +205,7 @@ class Runner:
             valid[i, width - row.x.numel():] = True
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         cache = KVCache.for_model(self.model, len(seqs), width) if any(row.cached for row in seqs) else None
+        self.passes += 1
         logits = self.model(ids, positions, valid=None if bool(valid.all()) else valid, cache=cache)  # (B, W, V)
         out = {}
         for i, (req, row) in enumerate(zip(requests, seqs)):
@@ -233,6 +236,7 @@ class Runner:
         cache.length = width
         ids = torch.stack([row.x[l:l + Lb] for row, l in zip(seqs, lo)])  # (B, Lb)
         positions = torch.stack([torch.arange(l, l + Lb) for l in lo])
+        self.passes += 1
         logits = self.model(ids, positions, cache=cache, start=S)  # (B, Lb, V)
         return {r.request_id: logits[i] for i, r in enumerate(requests)}
 
@@ -261,7 +265,8 @@ class Runner:
             return self.emit(req, row, finished=True, reason="stop")
         return self.emit(req, row, finished=row.block == len(row.spans), reason="length")
 
-    def emit(self, req: Request, row: DiffusionRow | PipelineDiffusionRow, *, finished: bool, reason: str | None = None) -> RequestOutput:
+    def emit(self, req: Request, row: DiffusionRow | PipelineDiffusionRow, *, finished: bool,
+             reason: str | None = None) -> RequestOutput:
         gen = row.x[row.prompt_len:].tolist()
         final = gen.index(self.mask_id) if self.mask_id in gen else len(gen)  # committed prefix
         if req.params.stop_at_eos and self.eos_id in gen[:final]:
@@ -278,6 +283,7 @@ class Runner:
                 req.nfe += 1  # its prefill: a forward of its own
         for row in fresh:  # prefill, one request at a time: prompts differ in length
             cache = KVCache.for_model(self.model, 1, row.prompt.numel())
+            self.passes += 1
             row.logits = self.model(row.prompt[None], cache=cache)[0, -1]
             row.k, row.v = cache.k[:, 0], cache.v[:, 0]  # (n_layers, Hkv, P, D)
         outs, going = [], []
@@ -310,6 +316,7 @@ class Runner:
         cache.length = width
         tokens = torch.tensor([[row.generated[-1]] for row in rows])  # (B, 1)
         positions = torch.tensor([[n] for n in lengths])
+        self.passes += 1
         logits = self.model(tokens, positions, cache=cache, start=width)[:, -1]  # (B, V)
         for i, row in enumerate(rows):
             row.logits = logits[i]
