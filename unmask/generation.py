@@ -9,7 +9,7 @@ from unmask.decode.autoregressive import autoregress
 from unmask.decode.cache_policy import make_cache
 from unmask.decode.early_commit import EarlyCommit
 from unmask.decode.loop import denoise
-from unmask.decode.pipeline import pipeline
+from unmask.decode.pipeline import D2F_DEFAULTS, pipeline
 from unmask.decode.registry import AR_STRATEGY, D2F_STRATEGY, ISD_STRATEGY, make_strategy
 from unmask.decode.result import GenerationResult
 from unmask.decode.strided import strided
@@ -86,10 +86,10 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strategy: str 
     if strategy == D2F_STRATEGY:
         if cache is not None or refresh_every is not None or early_commit or steps is not None:
             raise ValueError("strategy 'd2f' caches exactly on its own and takes no steps, cache or early commit")
-        unknown = sorted(set(strategy_params) - {"threshold", "add", "activate", "confidence"})
+        unknown = sorted(set(strategy_params) - set(D2F_DEFAULTS))
         if unknown:
             raise ValueError(f"strategy 'd2f' does not take {', '.join(unknown)} "
-                             "(it takes threshold, add, activate, confidence)")
+                             f"(it takes {', '.join(D2F_DEFAULTS)})")
         return pipeline(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                         stop_at_eos=stop_at_eos, prompt_mask=prompt_mask, generator=generator, **strategy_params)
     if strategy == AR_STRATEGY:

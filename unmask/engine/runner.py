@@ -168,11 +168,11 @@ class Runner:
         other row pad up to its width); each row's window runs after its exact prefix."""
         seqs = [rows[r.request_id] for r in requests]
         spans = [row.pipe.span() if isinstance(row, PipelineDiffusionRow) else row.spans[row.block] for row in seqs]
-        starts = [row.exact.committed for row in seqs]  # each window's first column, before this pass commits
         size = self.model.config.block_size
-        widths = [window_for(row.exact, sp, size, row.x.numel())[1] - c for row, sp, c in zip(seqs, spans, starts)]
+        cols = [window_for(row.exact, sp, size, row.x.numel()) for row, sp in zip(seqs, spans)]  # before commits
+        starts = [c for c, _ in cols]
         windows: list[torch.Tensor | None] = [None] * len(seqs)
-        for group in plan_passes(widths):
+        for group in plan_passes([e - c for c, e in cols]):
             self.passes += 1
             got = forward_windows(self.model, [seqs[i].x for i in group], [seqs[i].exact for i in group],
                                   [spans[i] for i in group])
