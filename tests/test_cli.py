@@ -194,3 +194,29 @@ def test_early_commit_flags(capsys, mdm_dir):
     assert "--early-commit" in err
     code, _, err = run(capsys, *base, "--early-commit", "5,4")
     assert_user_error(code, err, "generate")
+
+
+def test_d2f_flags_reach_the_pipeline(capsys):
+    """--add/--activate/--threshold set the D2F pipeline's tau_add/tau_act/tau_conf: the CLI returns what
+    `unmask.generate` returns with those options, and --add alone picks strategy d2f."""
+    import torch
+
+    import unmask
+    from unmask.evaluation import prompt_for
+
+    model = unmask.load_model("sort-d2f")
+    prompt = "sort: 47 3 91 12 8 60 5"
+    ids, max_new = prompt_for(model, prompt)
+    for flags, options in ((("--add", "0.5", "--activate", "0.99", "--threshold", "0.6"),
+                            {"add": 0.5, "activate": 0.99, "threshold": 0.6}),
+                           (("--add", "0.9"), {"add": 0.9})):
+        code, out, _ = run(capsys, "generate", "--model", "sort-d2f", "--prompt", prompt, "--json", *flags)
+        assert code == 0
+        want = unmask.generate(model, torch.tensor([ids]), strategy="d2f", max_new_tokens=max_new, **options)
+        got = json.loads(out)
+        assert got["token_ids"] == want.sequences[0] and got["nfe"] == want.nfe
+    code, _, err = run(capsys, "generate", "--model", "sort-d2f", "--prompt", prompt, "--strategy", "threshold",
+                       "--add", "0.5")
+    assert_user_error(code, err, "generate")
+    code, _, err = run(capsys, "generate", "--model", "sort-d2f", "--prompt", prompt, "--activate", "0")
+    assert_user_error(code, err, "generate")

@@ -20,13 +20,17 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
     p.add_argument("--dtype", help="weights as float32 | bfloat16 | float16 (default: a published folder's own "
                                    "dtype, float32 for ours)")
-    p.add_argument("--strategy", help="low_confidence | random | threshold | factor | verifier | ar "
+    p.add_argument("--strategy", help="low_confidence | random | threshold | factor | verifier | d2f | isd | ar "
                                       "(default: the model's default)")
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate (eval: default is the task's window)")
     p.add_argument("--block-size", type=int, help="semi-autoregressive block length (default 32)")
     p.add_argument("--steps", type=int, help="denoising steps over all blocks (default: one token per step)")
     p.add_argument("--threshold", type=float, help="threshold rule: commit every position at least this sure (0.9)")
     p.add_argument("--factor", type=float, help="factor rule: Fast-dLLM's f (1.0)")
+    p.add_argument("--add", type=float, help="strategy d2f: open a new block once the last one is this decoded "
+                                             "(tau_add, 0.1); --threshold is its tau_conf (0.9)")
+    p.add_argument("--activate", type=float, help="strategy d2f: fully activate a block once its predecessor is "
+                                                  "this decoded (tau_act, 0.95)")
     p.add_argument("--confidence", choices=("prob", "margin", "entropy"), help="how threshold/factor/low_confidence score")
     p.add_argument("--cache", choices=("none", "prefix", "dual", "delayed", "exact"),
                    help="KV cache: approximate prefix|dual|delayed (diffusion), exact (block diffusion)")
@@ -111,13 +115,15 @@ def load(name: str, dtype: str | None = None, threads: int | None = None):
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     strategy = args.strategy
-    if strategy is None and (args.threshold is not None or args.factor is not None):
+    if strategy is None and (args.add is not None or args.activate is not None):
+        strategy = "d2f"  # only the D2F pipeline takes them
+    elif strategy is None and (args.threshold is not None or args.factor is not None):
         strategy = "threshold" if args.threshold is not None else "factor"  # the flag names its rule
     kw = {"strategy": strategy, "block_size": args.block_size, "steps": args.steps,
           "temperature": args.temperature, "seed": args.seed, "top_k": args.top_k, "top_p": args.top_p,
           "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
           "cache": None if args.cache == "none" else args.cache, "refresh_every": args.refresh_every,
-          "verifier": args.verifier, "accept": args.accept}
+          "verifier": args.verifier, "accept": args.accept, "add": args.add, "activate": args.activate}
     if args.early_commit is not None:
         try:
             kw["early_commit"] = tuple(float(g) for g in args.early_commit.split(","))
