@@ -27,7 +27,7 @@ from unmask.generation import generate
 GEN_LENGTHS = (64, 128, 192)
 # AR, vanilla both ways, the fastest sort-mdm row within a point of AR, the block-causal rows, SDTT's fast row.
 SWEEP_KEYS = ("ar", "vanilla", "vanilla-window", "threshold0.95-entropy+dual", "bd+d2f", "d2f+exact", "d2f",
-              "sdtt+entropy+dual")
+              "d2f-entropy0.95", "sdtt+entropy+dual")
 WINDOW_VANILLA = Setting("vanilla-window", "low_confidence, 1 token/step, one block over the whole window",
                          "diffusion", {"strategy": "low_confidence"})
 
