@@ -62,15 +62,15 @@ def window_for(prefix: ExactPrefix, span: tuple[int, int], size: int, total: int
 
 @torch.no_grad()
 def forward_windows(model: torch.nn.Module, xs: list[torch.Tensor], prefixes: list[ExactPrefix],
-                    spans: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """One pass for rows `xs` (each `# (T_i,)`) scoring their spans; returns logits `# (end_i - c_i, V)` of each
-    row's window [c_i, end_i), and commits to each prefix the columns before the model block holding s_i.
+                    spans: list[tuple[int, int]], windows: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """One pass for rows `xs` (each `# (T_i,)`) scoring their spans over their windows [c_i, end_i) (`window_for`,
+    taken before this pass commits); returns each window's logits `# (end_i - c_i, V)`, and commits to each
+    prefix the columns before the model block holding s_i.
 
     Layout: row i's prefix fills slots [S - c_i, S) and its window the last n_i of slots [S, S + Lq), so the
     queries share one run of slots; unused slots are padding, never attended (RoPE positions are explicit).
     """
     size = model.config.block_size
-    windows = [window_for(p, sp, size, x.numel()) for x, p, sp in zip(xs, prefixes, spans)]
     S = max(c for c, _ in windows)
     Lq = max(e - c for c, e in windows)
     B = len(xs)

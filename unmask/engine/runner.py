@@ -170,16 +170,15 @@ class Runner:
         spans = [row.pipe.span() if isinstance(row, PipelineDiffusionRow) else row.spans[row.block] for row in seqs]
         size = self.model.config.block_size
         cols = [window_for(row.exact, sp, size, row.x.numel()) for row, sp in zip(seqs, spans)]  # before commits
-        starts = [c for c, _ in cols]
         windows: list[torch.Tensor | None] = [None] * len(seqs)
         for group in plan_passes([e - c for c, e in cols]):
             self.passes += 1
             got = forward_windows(self.model, [seqs[i].x for i in group], [seqs[i].exact for i in group],
-                                  [spans[i] for i in group])
+                                  [spans[i] for i in group], [cols[i] for i in group])
             for i, logits in zip(group, got):
                 windows[i] = logits
         outs = []
-        for req, row, (s, e), c, logits in zip(requests, seqs, spans, starts, windows):
+        for req, row, (s, e), (c, _), logits in zip(requests, seqs, spans, cols, windows):
             if isinstance(row, PipelineDiffusionRow):
                 row.pipe.apply(lambda bs, be: logits[bs - c:be - c])
                 outs.append(self.advance_pipeline(req, row))
