@@ -97,11 +97,16 @@ class TrainConfig:
     rounds: int = 1  # sdtt: rounds over `steps`; each starts from the last round's student as teacher
     step_tokens: int = 2  # sdtt: tokens the teacher commits per step in the first round (then doubling)
     distill_block: int = 16  # sdtt: the block length of the block-by-block decoding it trains for
+    # d2f, sdtt: weight of a data term beside the KL to the teacher, the student's cross-entropy to the true
+    # tokens on the same masked positions (0: the published objectives, KL alone)
+    ce_weight: float = 0.0
     task_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.step_tokens < 1 or self.distill_block < 1:
             raise ValueError("rounds, step_tokens and distill_block must each be at least 1")
+        if self.ce_weight < 0:
+            raise ValueError(f"ce_weight must not be negative, not {self.ce_weight}")
         if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
             raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")

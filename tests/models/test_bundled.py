@@ -19,7 +19,7 @@ def test_a_bundled_model_matches_its_recipe(name):
     for field in ("kind", "dim", "n_layers", "n_heads", "block_size", "ahead"):
         assert getattr(model.config, field) == getattr(recipe.model, field), field
     assert meta["train_steps"] == recipe.steps and meta["task_options"] == recipe.task_options
-    assert meta.get("teacher") == recipe.teacher
+    assert meta.get("teacher") == recipe.teacher and meta.get("ce_weight", 0.0) == recipe.ce_weight
     if recipe.teacher:  # a distilled student keeps its teacher's shape
         assert unmask.load_model(recipe.teacher).config.dim == model.config.dim
 

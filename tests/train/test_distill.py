@@ -16,6 +16,7 @@ from unmask.train.distill import (answer_blocks, d2f_loss, monotone_block_ratios
 from unmask.data import get_task
 from unmask.models.checkpoints import save_model
 from unmask.tokenizers import CharTokenizer
+from unmask.train.objectives import mask_tokens
 from unmask.train.loop import build_model, curriculum_t_max, evaluate_loss, round_of, train
 from unmask.train.recipes import get_recipe
 
@@ -66,6 +67,23 @@ def test_d2f_loss_trains_the_block_causal_student_only():
     assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in student.parameters())
 
 
+def test_d2f_data_term_is_the_cross_entropy_to_the_true_tokens_on_the_masked_positions():
+    teacher = random_model("diffusion")
+    batch = sequence_batch()
+    student = as_student(teacher)  # sees what the teacher sees: the KL part is 0, what is left is the data term
+    with_ce = d2f_loss(student, teacher, batch, MASK, 4, torch.Generator().manual_seed(1), ce_weight=0.5)
+    block, n_blocks = answer_blocks(batch, 4)  # the loss's own draws, replayed
+    gen = torch.Generator().manual_seed(1)
+    t = monotone_block_ratios(2, int(n_blocks.max()), gen).gather(1, block.clamp(0, int(n_blocks.max()) - 1))
+    noisy, masked = mask_tokens(batch, MASK, t, gen)
+    assert bool(masked.any())
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(teacher(noisy, valid=batch.valid)[masked], batch.ids[masked])
+    assert float(with_ce.detach()) == pytest.approx(0.5 * float(ce), rel=1e-4)
+    with pytest.raises(ValueError, match="ce_weight"):
+        dataclasses.replace(get_recipe("sort-d2f"), ce_weight=-1.0)
+
+
 def test_semi_ar_state_is_a_state_of_block_by_block_decoding():
     batch = sequence_batch(prompt_lens=(3, 5, 2), answer_lens=(10, 7, 1))
     block, _ = answer_blocks(batch, 4)
@@ -106,6 +124,16 @@ def test_sdtt_loss_is_zero_for_a_copy_when_the_teacher_takes_no_extra_step():
     teacher = random_model("diffusion")
     loss = sdtt_loss(as_student(teacher), teacher, sequence_batch(), MASK, 4, 0, torch.Generator().manual_seed(0))
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sdtt_data_term_is_the_cross_entropy_to_the_true_tokens_of_the_current_block():
+    teacher = random_model("diffusion")
+    batch = sequence_batch()
+    loss = sdtt_loss(as_student(teacher), teacher, batch, MASK, 4, 0, torch.Generator().manual_seed(0), ce_weight=2.0)
+    noisy, open_ = semi_ar_state(batch, MASK, 4, torch.Generator().manual_seed(0))  # the loss's own state
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(teacher(noisy, valid=batch.valid)[open_], batch.ids[open_])
+    assert float(loss.detach()) == pytest.approx(2.0 * float(ce), rel=1e-4)  # the KL part is 0, as above
 
 
 def test_curriculum_grows_the_largest_mask_rate_to_one():

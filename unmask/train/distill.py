@@ -6,6 +6,7 @@ d2f   (Discrete Diffusion Forcing) a block-causal student matches a bidirectiona
 sdtt  (self-distillation through time) a student learns in one denoising step what the teacher does
       in two: the teacher commits its `step_tokens` surest masked tokens of the current block, looks
       again, and the student matches both looks at once. Each round doubles the step.
+Both may add a data term (`ce_weight`): the student's cross-entropy to the true tokens where it is taught.
 """
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ def masked_kl(student_logits: torch.Tensor, teacher_logp: torch.Tensor, where: t
         return student_logits.sum() * 0  # keeps the graph: a step with nothing to learn
     student_logp = F.log_softmax(student_logits[where].float(), dim=-1)  # (N, V)
     return F.kl_div(student_logp, teacher_logp[where], log_target=True, reduction="batchmean")
+
+
+def with_data_term(student_logits: torch.Tensor, teacher_logp: torch.Tensor, where: torch.Tensor,
+                   truth: torch.Tensor, ce_weight: float) -> torch.Tensor:
+    """masked_kl, plus ce_weight times the student's cross-entropy to the true tokens `# (B, L)` there."""
+    loss = masked_kl(student_logits, teacher_logp, where)
+    if ce_weight and bool(where.any()):
+        loss = loss + ce_weight * F.cross_entropy(student_logits[where].float(), truth[where])
+    return loss
 
 
 def answer_blocks(batch: Batch, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,9 +54,12 @@ def monotone_block_ratios(n_rows: int, n_blocks: int, generator: torch.Generator
 
 
 def d2f_loss(student: torch.nn.Module, teacher: torch.nn.Module, batch: Batch, mask_id: int, block_size: int,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, ce_weight: float = 0.0) -> torch.Tensor:
     """D2F asymmetric distillation. The student's attention (block-causal) is its config's; the
-    teacher sees the same noisy sequence with its own full attention."""
+    teacher sees the same noisy sequence with its own full attention.
+
+    ce_weight > 0 adds the student's cross-entropy to the true tokens on the same masked positions: the
+    teacher's answers are not always right, and the data term lets the student be right where it is not."""
     block, n_blocks = answer_blocks(batch, block_size)
     nb = int(n_blocks.max())
     ratios = monotone_block_ratios(batch.ids.shape[0], nb, generator)  # (B, nb)
@@ -54,7 +67,7 @@ def d2f_loss(student: torch.nn.Module, teacher: torch.nn.Module, batch: Batch, m
     noisy, masked = mask_tokens(batch, mask_id, t, generator)
     with torch.no_grad():
         teacher_logp = F.log_softmax(teacher(noisy, valid=batch.valid).float(), dim=-1)  # (B, L, V)
-    return masked_kl(student(noisy, valid=batch.valid), teacher_logp, masked)
+    return with_data_term(student(noisy, valid=batch.valid), teacher_logp, masked, batch.ids, ce_weight)
 
 
 def semi_ar_state(batch: Batch, mask_id: int, block_size: int, generator: torch.Generator | None = None
@@ -95,9 +108,11 @@ def two_step_targets(teacher: torch.nn.Module, noisy: torch.Tensor, open_: torch
 
 
 def sdtt_loss(student: torch.nn.Module, teacher: torch.nn.Module, batch: Batch, mask_id: int, block_size: int,
-              step_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
+              step_tokens: int, generator: torch.Generator | None = None, ce_weight: float = 0.0) -> torch.Tensor:
     """Self-distillation through time for block-by-block low-confidence decoding: KL to the teacher's
-    two-step result on the current block's masked positions, from one student look."""
+    two-step result on the current block's masked positions, from one student look (plus, with
+    ce_weight > 0, the data term d2f_loss describes)."""
     noisy, open_ = semi_ar_state(batch, mask_id, block_size, generator)
     target = two_step_targets(teacher, noisy, open_, batch.valid, step_tokens)
-    return masked_kl(student(noisy, valid=batch.valid), target, open_)
+    return with_data_term(student(noisy, valid=batch.valid), target, open_, batch.ids, ce_weight)
+

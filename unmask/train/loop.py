@@ -86,10 +86,11 @@ def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, gener
     if cfg.objective == "bd":
         return bd_loss(model, batch, mask_id, cfg.model.block_size, generator=generator)
     if cfg.objective == "d2f":
-        return d2f_loss(model, teacher, batch, mask_id, cfg.model.block_size, generator=generator)
+        return d2f_loss(model, teacher, batch, mask_id, cfg.model.block_size, generator=generator,
+                        ce_weight=cfg.ce_weight)
     if cfg.objective == "sdtt":
         return sdtt_loss(model, teacher, batch, mask_id, cfg.distill_block,
-                         cfg.step_tokens * 2 ** round_of(step, cfg), generator=generator)
+                         cfg.step_tokens * 2 ** round_of(step, cfg), generator=generator, ce_weight=cfg.ce_weight)
     return ar_loss(model, batch)
 
 
@@ -248,4 +249,6 @@ def _meta(cfg: TrainConfig, model: Transformer, step: int, train_seconds: float)
             "description": cfg.description}
     if cfg.teacher:
         meta["teacher"] = cfg.teacher
+    if cfg.ce_weight:
+        meta["ce_weight"] = cfg.ce_weight
     return meta

@@ -51,10 +51,11 @@ RECIPES: dict[str, TrainConfig] = {
     "sort-d2f": TrainConfig(
         name="sort-d2f", task="sort", objective="d2f", teacher="sort-mdm",
         model=dataclasses.replace(SORT_MODEL, kind="block-diffusion", block_size=16),
-        steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250, save_every=250,
+        steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250, save_every=250, ce_weight=1.0,
         task_options=SORT_OPTIONS,
         description="D2F student of sort-mdm: block-causal (blocks of 16), distilled from the bidirectional "
-                    "teacher on monotone per-block mask ratios; decode with strategy 'd2f'"),
+                    "teacher on monotone per-block mask ratios, plus cross-entropy to the true tokens; "
+                    "decode with strategy 'd2f'"),
     "sort-mdm-sdtt": TrainConfig(
         name="sort-mdm-sdtt", task="sort", objective="sdtt", teacher="sort-mdm",
         model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
