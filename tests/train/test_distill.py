@@ -11,12 +11,11 @@ import unmask
 from unmask.config import TrainConfig
 from unmask.data.batch import make_batch
 from unmask.models.transformer import Transformer
-from unmask.train.distill import (answer_blocks, d2f_loss, monotone_block_ratios, sdtt_loss, semi_ar_state,
-                                  two_step_targets)
+from unmask.train.distill import (answer_blocks, d2f_loss, monotone_block_ratios, monotone_state, sdtt_loss,
+                                  semi_ar_state, two_step_targets)
 from unmask.data import get_task
 from unmask.models.checkpoints import save_model
 from unmask.tokenizers import CharTokenizer
-from unmask.train.objectives import mask_tokens
 from unmask.train.loop import build_model, curriculum_t_max, evaluate_loss, round_of, train
 from unmask.train.recipes import get_recipe
 
@@ -72,10 +71,7 @@ def test_d2f_data_term_is_the_cross_entropy_to_the_true_tokens_on_the_masked_pos
     batch = sequence_batch()
     student = as_student(teacher)  # sees what the teacher sees: the KL part is 0, what is left is the data term
     with_ce = d2f_loss(student, teacher, batch, MASK, 4, torch.Generator().manual_seed(1), ce_weight=0.5)
-    block, n_blocks = answer_blocks(batch, 4)  # the loss's own draws, replayed
-    gen = torch.Generator().manual_seed(1)
-    t = monotone_block_ratios(2, int(n_blocks.max()), gen).gather(1, block.clamp(0, int(n_blocks.max()) - 1))
-    noisy, masked = mask_tokens(batch, MASK, t, gen)
+    noisy, masked = monotone_state(batch, MASK, 4, torch.Generator().manual_seed(1))  # the loss's own state
     assert bool(masked.any())
     with torch.no_grad():
         ce = torch.nn.functional.cross_entropy(teacher(noisy, valid=batch.valid)[masked], batch.ids[masked])

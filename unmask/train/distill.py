@@ -53,6 +53,19 @@ def monotone_block_ratios(n_rows: int, n_blocks: int, generator: torch.Generator
     return torch.cat([first, first + (1 - first) * later], dim=1)
 
 
+def monotone_state(batch: Batch, mask_id: int, block_size: int, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A state of pipelined decoding: the answer's blocks masked at monotone ratios (`monotone_block_ratios`).
+
+    Returns (noisy ids `# (B, L)`, masked `# (B, L)`).
+    """
+    block, n_blocks = answer_blocks(batch, block_size)
+    nb = int(n_blocks.max())
+    ratios = monotone_block_ratios(batch.ids.shape[0], nb, generator)  # (B, nb)
+    t = ratios.gather(1, block.clamp(0, nb - 1))  # (B, L); prompt and padding are never masked anyway
+    return mask_tokens(batch, mask_id, t, generator)
+
+
 def d2f_loss(student: torch.nn.Module, teacher: torch.nn.Module, batch: Batch, mask_id: int, block_size: int,
              generator: torch.Generator | None = None, ce_weight: float = 0.0) -> torch.Tensor:
     """D2F asymmetric distillation. The student's attention (block-causal) is its config's; the
@@ -60,11 +73,7 @@ def d2f_loss(student: torch.nn.Module, teacher: torch.nn.Module, batch: Batch, m
 
     ce_weight > 0 adds the student's cross-entropy to the true tokens on the same masked positions: the
     teacher's answers are not always right, and the data term lets the student be right where it is not."""
-    block, n_blocks = answer_blocks(batch, block_size)
-    nb = int(n_blocks.max())
-    ratios = monotone_block_ratios(batch.ids.shape[0], nb, generator)  # (B, nb)
-    t = ratios.gather(1, block.clamp(0, nb - 1))  # (B, L); prompt and padding are never masked anyway
-    noisy, masked = mask_tokens(batch, mask_id, t, generator)
+    noisy, masked = monotone_state(batch, mask_id, block_size, generator)
     with torch.no_grad():
         teacher_logp = F.log_softmax(teacher(noisy, valid=batch.valid).float(), dim=-1)  # (B, L, V)
     return with_data_term(student(noisy, valid=batch.valid), teacher_logp, masked, batch.ids, ce_weight)
@@ -115,4 +124,3 @@ def sdtt_loss(student: torch.nn.Module, teacher: torch.nn.Module, batch: Batch, 
     noisy, open_ = semi_ar_state(batch, mask_id, block_size, generator)
     target = two_step_targets(teacher, noisy, open_, batch.valid, step_tokens)
     return with_data_term(student(noisy, valid=batch.valid), target, open_, batch.ids, ce_weight)
-
