@@ -85,18 +85,21 @@ class PipelineRow:
         """Commit from one pass; logits_at(s, e) gives the logits `# (e-s, V)` of columns [s, e) of `span()`."""
         s, e = self.span()
         first = next(k for k in range(self.added) if self.blocks[k][0] == s)
+        # One proposal and one confidence for the whole span: every block in flight reads its slice.
+        logits = logits_at(s, e)[None]  # (1, e-s, V)
+        x0 = gumbel_argmax(logits, self.temperature, self.generator, forbid=self.mask_id)[0]  # (e-s,)
+        scores = self.measure(logits, x0[None])[0]  # (e-s,)
         for k in range(first, self.added):
             if not self.left[k]:
                 continue
             bs, be = self.blocks[k]
             masked = self.x[bs:be] == self.mask_id
-            block_logits = logits_at(bs, be)[None]  # (1, Lb, V)
-            x0 = gumbel_argmax(block_logits, self.temperature, self.generator, forbid=self.mask_id)[0]
-            conf = self.measure(block_logits, x0[None])[0].masked_fill(~masked, float("-inf"))
+            proposal = x0[bs - s:be - s]
+            conf = scores[bs - s:be - s].masked_fill(~masked, float("-inf"))
             commit = masked & (conf >= self.threshold)
             if (k == first or self.share(k - 1) > self.activate) and not commit.any():
                 commit[conf.argmax()] = True
-            self.x[bs:be][commit] = x0[commit]
+            self.x[bs:be][commit] = proposal[commit]
             self.left[k] -= int(commit.sum())
         if self.added < len(self.blocks) and self.share(self.added - 1) > self.add and not self.ended(e):
             self.added += 1
