@@ -60,7 +60,7 @@ RECIPES: dict[str, TrainConfig] = {
         name="sort-mdm-sdtt", task="sort", objective="sdtt", teacher="sort-mdm",
         model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
         steps=1600, rounds=2, step_tokens=1, distill_block=16, batch_size=64, lr=3e-4, warmup_steps=100,
-        eval_every=200, save_every=200, task_options=SORT_OPTIONS,
+        eval_every=200, save_every=200, ce_weight=1.0, task_options=SORT_OPTIONS,
         description="sort-mdm after two rounds of self-distillation through time (blocks of 16: the teacher's "
                     "1-token steps learnt as 2-token steps, then 2 as 4): the same answers in half the steps"),
     "shakespeare-mdm": TrainConfig(
