@@ -20,6 +20,9 @@ def test_a_bundled_model_matches_its_recipe(name):
         assert getattr(model.config, field) == getattr(recipe.model, field), field
     assert meta["train_steps"] == recipe.steps and meta["task_options"] == recipe.task_options
     assert meta.get("teacher") == recipe.teacher and meta.get("ce_weight", 0.0) == recipe.ce_weight
+    assert meta.get("init") == recipe.init
+    if recipe.init:  # a second stage: its first stage is bundled too, so the chain reproduces
+        assert recipe.init in BUNDLED
     if recipe.teacher:  # a distilled student keeps its teacher's shape
         assert unmask.load_model(recipe.teacher).config.dim == model.config.dim
 

@@ -192,7 +192,27 @@ def test_sdtt_rounds_resume_exactly_and_keep_each_round(trained_mdm, tmp_path):
 def test_a_teacher_of_another_shape_is_refused(trained_mdm, tmp_path):
     cfg = distill_recipe(trained_mdm[0], "d2f")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dim=48))
-    with pytest.raises(ValueError, match="does not fit the student's shape"):
+    with pytest.raises(ValueError, match="does not fit the model's shape"):
         train(cfg, tmp_path, progress=False)
     with pytest.raises(ValueError, match="distils from a teacher"):
         train(dataclasses.replace(cfg, teacher=None), tmp_path, progress=False)
+
+
+def test_a_second_stage_starts_from_its_init_not_the_teacher(trained_mdm, tmp_path):
+    """init: the student starts from a first stage's weights (with lr 0 it keeps them) and records it."""
+    first = distill_recipe(trained_mdm[0], "d2f", steps=3, eval_every=3, save_every=3)
+    train(first, tmp_path / "first", progress=False)
+    second = dataclasses.replace(first, steps=2, lr=0.0, ce_weight=1.0, init=str(tmp_path / "first"))
+    train(second, tmp_path / "second", progress=False)
+    a, b = (unmask.load_model(tmp_path / d) for d in ("first", "second"))
+    teacher = unmask.load_model(trained_mdm[0]).state_dict()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert not all(torch.equal(teacher[k], b.state_dict()[k]) for k in teacher)
+    assert b.meta["init"] == str(tmp_path / "first") and b.meta["teacher"] == str(trained_mdm[0])
+
+
+def test_an_init_of_another_shape_is_refused(trained_mdm, tmp_path):
+    cfg = distill_recipe(trained_mdm[0], "d2f", steps=1, init=str(trained_mdm[0]))
+    cfg = dataclasses.replace(cfg, teacher=None, objective="mdm", model=dataclasses.replace(cfg.model, dim=48))
+    with pytest.raises(ValueError, match="init .* does not fit the model's shape"):
+        train(cfg, tmp_path, progress=False)

@@ -54,10 +54,10 @@ def make_settings(quick: bool = False, window: int = 48) -> list[Setting]:
             Setting("d2f+exact", "sort-d2f threshold 0.9, blocks of 16 + exact cache", "d2f",
                     {"strategy": "threshold", "threshold": TAU, "block_size": 16, "cache": "exact"}),
             Setting("d2f", "sort-d2f d2f pipeline (tau_conf 0.9, add 0.1, act 0.95)", "d2f", {"strategy": "d2f"}),
-            # Chosen on the validation split (1000 examples), never on the held-out one (student of the
-            # 2026-12-02 recipe with its data term): the most accurate d2f operating point there, entropy 0.95,
-            # 99.0% at 3.06 forwards per answer, and entropy 0.9, 98.9% at 2.82 (prob 0.9, the published
-            # default: 98.2% at 2.48; prob 0.95: 98.6% at 2.59).
+            # Chosen on the validation split (1000 examples), never on the held-out one (the two-stage
+            # student of 2026-12-02): the most accurate d2f operating point there, entropy 0.95, 99.2% at
+            # 3.05 forwards per answer, and entropy 0.9, 99.1% at 2.82 (prob 0.9, the published default:
+            # 98.3% at 2.52; prob 0.95: 98.9% at 2.63).
             Setting("d2f-entropy0.95", "sort-d2f d2f pipeline (entropy tau_conf 0.95, add 0.1, act 0.95)", "d2f",
                     {"strategy": "d2f", "threshold": 0.95, "confidence": "entropy"}),
             Setting("d2f-entropy0.9", "sort-d2f d2f pipeline (entropy tau_conf 0.9, add 0.1, act 0.95)", "d2f",

@@ -94,16 +94,23 @@ def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, gener
     return ar_loss(model, batch)
 
 
-def load_teacher(cfg: TrainConfig, student: Transformer) -> Transformer:
-    """The frozen teacher; its weights must fit the student's shape (only the attention kind may differ)."""
-    if not cfg.teacher:
-        raise ValueError(f"objective {cfg.objective!r} distils from a teacher: set the recipe's teacher")
-    teacher = load_model(cfg.teacher)
-    theirs, ours = teacher.state_dict(), student.state_dict()
+def fitting_model(name: str, student: Transformer, role: str) -> Transformer:
+    """Load `name` (bundled or a folder); its weights must fit the student's shape (only the attention
+    kind may differ). role names it in the error: the teacher, or the init of a second stage."""
+    other = load_model(name)
+    theirs, ours = other.state_dict(), student.state_dict()
     wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
     if wrong:
-        raise ValueError(f"teacher {cfg.teacher!r} does not fit the student's shape (first mismatch: {wrong[0]}); "
-                         "the student's model config must copy the teacher's dimensions")
+        raise ValueError(f"{role} {name!r} does not fit the model's shape (first mismatch: {wrong[0]}); "
+                         "the recipe's model config must copy its dimensions")
+    return other
+
+
+def load_teacher(cfg: TrainConfig, student: Transformer) -> Transformer:
+    """The frozen teacher."""
+    if not cfg.teacher:
+        raise ValueError(f"objective {cfg.objective!r} distils from a teacher: set the recipe's teacher")
+    teacher = fitting_model(cfg.teacher, student, "teacher")
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -154,7 +161,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     task = get_task(cfg.task, **cfg.task_options)
     model = build_model(cfg, tok)
     teacher = load_teacher(cfg, model) if cfg.objective in DISTILL_OBJECTIVES else None
-    if teacher is not None:
+    if cfg.init:
+        model.load_state_dict(fitting_model(cfg.init, model, "init").state_dict())  # a second stage
+    elif teacher is not None:
         model.load_state_dict(teacher.state_dict())  # the student starts as the teacher
     opt = make_optimizer(model, cfg)
     start, prior_seconds = 0, 0.0
@@ -251,4 +260,6 @@ def _meta(cfg: TrainConfig, model: Transformer, step: int, train_seconds: float)
         meta["teacher"] = cfg.teacher
     if cfg.ce_weight:
         meta["ce_weight"] = cfg.ce_weight
+    if cfg.init:
+        meta["init"] = cfg.init
     return meta
