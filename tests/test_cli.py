@@ -140,6 +140,21 @@ def test_train_command_writes_a_model(capsys, tmp_path):
     assert_user_error(code, err, "train")
 
 
+def test_train_init_starts_a_second_stage(capsys, tmp_path):
+    """`train --init FOLDER` starts from that model and records it; an init that does not exist is refused."""
+    import unmask
+
+    run(capsys, "train", "--recipe", "tiny-sort-ar", "--max-steps", "2", "--out", str(tmp_path / "first"))
+    code, _, err = run(capsys, "train", "--recipe", "tiny-sort-ar", "--max-steps", "1", "--init",
+                       str(tmp_path / "first"), "--out", str(tmp_path / "second"))
+    assert code == 0, err
+    assert unmask.load_model(tmp_path / "second").meta["init"] == str(tmp_path / "first")
+    code, _, err = run(capsys, "train", "--recipe", "tiny-sort-ar", "--max-steps", "1", "--init",
+                       str(tmp_path / "missing"), "--out", str(tmp_path / "third"))
+    assert_user_error(code, err, "train")
+    assert not (tmp_path / "third" / "model.safetensors").exists()
+
+
 def test_eval_json_ar(capsys, ar_dir):
     """`eval` of an AR model defaults to the 'ar' strategy."""
     code, out, _ = run(capsys, "eval", "--model", ar_dir, "--json", "--limit", "2")

@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/RECIPE)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
     p.add_argument("--max-steps", type=int, help="override the recipe's number of optimizer steps")
+    p.add_argument("--init", help="start from this model's weights (a bundled name or a folder), e.g. your own "
+                                  "first stage for a second-stage recipe such as sort-d2f")
     p = sub.add_parser("bench", help="AR against diffusion: latency, speed and accuracy in one run")
     p.add_argument("--quick", action="store_true", help="a small run: 100 examples, 3 timings per bucket")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
@@ -213,6 +215,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.max_steps < 1:
             raise UserError(f"--max-steps must be at least 1, not {args.max_steps}")
         cfg = dataclasses.replace(cfg, steps=args.max_steps, warmup_steps=min(cfg.warmup_steps, args.max_steps))
+    if args.init is not None:
+        cfg = dataclasses.replace(cfg, init=args.init)
     out = Path(args.out or Path("runs") / cfg.name)
     result = train(cfg, out, resume=args.resume)
     print(f"trained {cfg.name} to step {result.steps} in {result.seconds / 60:.1f} min; model folder: {out}"
