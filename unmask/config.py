@@ -100,8 +100,8 @@ class TrainConfig:
     # d2f, sdtt: weight of a data term beside the KL to the teacher, the student's cross-entropy to the true
     # tokens on the same masked positions (0: the published objectives, KL alone)
     ce_weight: float = 0.0
-    # A second stage: a bundled name or a model folder whose weights the model starts from (for d2f and
-    # sdtt, instead of the teacher's); its shape must be the recipe's.
+    # A second stage: a bundled name or a model folder whose weights the model starts from instead of a
+    # fresh initialisation (d2f, sdtt: instead of the teacher's copy); its shape must be the recipe's.
     init: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
