@@ -83,6 +83,14 @@ def test_unknown_recipe(capsys, tmp_path):
     assert "tiny-sort-mdm" in err, "the known recipes are listed"
 
 
+@pytest.mark.parametrize("flag, value", [("--port", "0"), ("--max-running", "0"), ("--keep-alive", "0")])
+def test_bad_serve_flags(capsys, mdm_dir, flag, value):
+    """Refused before a model loads or a port opens."""
+    code, _, err = run(capsys, "serve", "--model", mdm_dir, flag, value)
+    assert_user_error(code, err, "serve")
+    assert flag in err
+
+
 def test_eval_bad_limit(capsys, mdm_dir):
     code, _, err = run(capsys, "eval", "--model", mdm_dir, "--limit", "0", "--json")
     assert_user_error(code, err, "eval")

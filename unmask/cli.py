@@ -97,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=16384, help="token slots (prompt + max_tokens) in flight at most")
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for models under 10M parameters, else all "
                                                "cores)")
+    p.add_argument("--keep-alive", type=float, default=75.0,
+                   help="seconds an idle HTTP connection stays open (default 75: longer than the 60 s idle timeout of "
+                        "common load balancers, so they, not we, close it)")
     return ap
 
 
@@ -266,6 +269,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError(f"--port must be between 1 and 65535, not {args.port}")
     if args.max_running < 1 or args.max_tokens < 1:
         raise UserError("--max-running and --max-tokens must be at least 1")
+    if args.keep_alive <= 0:
+        raise UserError(f"--keep-alive must be above 0 seconds, not {args.keep_alive}")
     model = load(args.model, threads=args.threads)
     if model.tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer.json, so it cannot serve text")
@@ -273,7 +278,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(model, name, max_running=args.max_running, max_tokens=args.max_tokens)
     # SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish for up to 10 s, then the
     # app's shutdown cancels whatever is left and stops the engine thread.
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=10, log_level="info")
+    # Keep-alive: uvicorn's 5 s default closes a connection a client may be reusing at that very moment,
+    # and the client sees "Server disconnected"; a client pausing a few seconds between requests is common.
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=10, timeout_keep_alive=args.keep_alive,
+                log_level="info")
 
 
 COMMANDS = {"models": cmd_models, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import os
 import subprocess
 import sys
@@ -150,6 +151,21 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot():
             time.sleep(0.05)
         assert httpx.get(base + "/health").json()["running"] == 0
         assert 'unmask_requests_total{outcome="cancelled"} 1.0' in httpx.get(base + "/metrics").text
+
+
+def test_an_idle_connection_stays_open_for_the_next_request(server):
+    """A client that pauses between requests reuses its connection; uvicorn's 5 s default once raced such a reuse
+    ("Server disconnected without sending a response")."""
+    conn = http.client.HTTPConnection(server[0].removeprefix("http://"), timeout=10)
+    sockets = []
+    for pause in (0.0, 6.0):
+        time.sleep(pause)
+        conn.request("GET", "/health")
+        reply = conn.getresponse()  # raises RemoteDisconnected if the server closed the idle connection
+        assert reply.status == 200 and b"running" in reply.read()
+        sockets.append(conn.sock)
+    conn.close()
+    assert sockets[0] is sockets[1]  # the same connection served both
 
 
 def test_chat_uses_the_models_template(server, client):
