@@ -18,8 +18,8 @@ def row(key: str, model: str, accuracy: float, tokens_per_second: float, nfe: fl
 def test_summary_ratios_at_the_longest_answers_and_the_best_sort_mdm_setting():
     settings = [row("ar", "ar", 1.0, 500), row("vanilla", "diffusion", 0.97, 100, nfe=48),
                 row("threshold+dual", "diffusion", 0.965, 900), row("threshold", "diffusion", 0.90, 2000),
-                row("d2f", "d2f", 0.99, 3000), row("teacher-k16", "diffusion", 0.97, 150),
-                row("teacher-k8", "diffusion", 0.95, 200),
+                row("d2f", "d2f", 0.99, 3000), row("teacher-k16", "sdtt-teacher", 0.97, 150),
+                row("teacher-k8", "sdtt-teacher", 0.95, 200),
                 row("sdtt-k8", "sdtt", 0.968, 200), row("sdtt-k4", "sdtt", 0.93, 400)]
     summ = summarise(settings)
     ratios = {r["key"]: r for r in summ["ratios"]}
@@ -35,7 +35,7 @@ def test_summary_ratios_at_the_longest_answers_and_the_best_sort_mdm_setting():
 
 def test_markdown_names_the_sdtt_comparison():
     settings = [row("ar", "ar", 1.0, 500), row("vanilla", "diffusion", 0.97, 100),
-                row("teacher-k16", "diffusion", 0.97, 100), row("sdtt-k8", "sdtt", 0.968, 200)]
+                row("teacher-k16", "sdtt-teacher", 0.97, 100), row("sdtt-k8", "sdtt", 0.968, 200)]
     report = {"quick": True, "task": {"name": "sort"}, "settings": settings, "summary": summarise(settings),
               "models": {"ar": "sort-ar"},
               "environment": {"torch": "x", "threads": 1, "processor": "", "cpu_count": 2, "OMP_WAIT_POLICY": None,
@@ -48,7 +48,7 @@ def test_markdown_names_the_sdtt_comparison():
 def test_step_budgets_cover_every_block_of_the_window():
     rows = {s.key: s for s in make_settings(window=48)}
     assert rows["sdtt-k8"].options == {"strategy": "low_confidence", "block_size": 16, "steps": 24}
-    assert rows["sdtt-k4"].options["steps"] == 12 and rows["teacher-k8"].model == "diffusion"
+    assert rows["sdtt-k4"].options["steps"] == 12 and rows["teacher-k8"].model == "sdtt-teacher"
     assert make_settings(window=40)[0].key == "ar" and {s.key: s for s in make_settings(window=40)}["sdtt-k4"].options["steps"] == 12
 
 

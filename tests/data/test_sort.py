@@ -64,6 +64,17 @@ def test_row_layout(task, diffusion):
         assert bool((batch.ids[row][~batch.valid[row]] == tok.pad_token_id).all())
 
 
+def test_a_fill_window_trains_longer_windows_on_the_same_questions(task):
+    """fill_window lengthens the EOS fill of training rows; the held-out split and default length stay."""
+    tok = CharTokenizer()
+    long = SortTask(max_len=6, max_window=24, n_test=200, fill_window=96)
+    windows = [int(v.sum()) for v in long.train_batch(tok, 64, "fill", diffusion=True).target]
+    assert max(windows) <= 96 and max(windows) > 48  # answers are at most ~18 tokens: the fill reaches far
+    assert long.same_questions(task) and long.test_examples == task.test_examples and long.max_window == 24
+    assert not SortTask(max_len=7, max_window=24, n_test=200).same_questions(task)
+    assert not SortTask(max_len=6, max_window=32, n_test=200).same_questions(task)
+
+
 def test_eval_batches_walk_the_heldout_split(task):
     tok = CharTokenizer()
     b0 = task.eval_batch(tok, 4, 0, diffusion=False)

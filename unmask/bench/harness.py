@@ -156,13 +156,24 @@ def available(models: dict[str, str]) -> dict[str, str]:
     return {role: name for role, name in models.items() if name in bundled}
 
 
+def add_sdtt_teacher(names: dict[str, str], loaded: dict[str, torch.nn.Module]) -> None:
+    """Role "sdtt-teacher": the SDTT student's own teacher (from its meta), since SDTT's bar compares the
+    two and the teacher need not be the diffusion model benchmarked beside it."""
+    if "sdtt" not in loaded or "sdtt-teacher" in loaded:
+        return
+    names["sdtt-teacher"] = loaded["sdtt"].meta.get("teacher") or names["diffusion"]
+    same = names["sdtt-teacher"] == names.get("diffusion")
+    loaded["sdtt-teacher"] = loaded["diffusion"] if same else load_model(names["sdtt-teacher"])
+
+
 def check_same_task(tasks: dict[str, SortTask]) -> SortTask:
-    """Both models must have been trained on the same task options, or their held-out splits differ."""
+    """The models must share the held-out split and the requested output length (their training fill may
+    differ: a model trained on longer windows answers the same questions)."""
     first = next(iter(tasks.values()))
     if not isinstance(first, SortTask):
         raise ValueError(f"the benchmark runs on the sort task, not {first.name!r}")
     for role, t in tasks.items():
-        if t != first:
+        if not isinstance(t, SortTask) or not t.same_questions(first):
             raise ValueError(f"the {role} model was trained on different sort options ({t}) than {first}")
     return first
 
@@ -176,6 +187,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
     t_start = time.perf_counter()
     names = {**DEFAULT_MODELS, **available(OPTIONAL_MODELS), **(models or {})}
     loaded = {role: load_model(path) for role, path in names.items()}
+    add_sdtt_teacher(names, loaded)
     for m in loaded.values():  # the same thread rule as `unmask generate/eval/serve` (unmask/threads.py)
         choose_threads(m)
     env = environment()

@@ -6,6 +6,7 @@ training example repeats a held-out prompt.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,8 +31,15 @@ class SortTask:
     max_len: int = 24
     max_value: int = 99
     max_window: int = 128  # answer + EOS fill, so a diffusion model can decode any window up to this
+    # Training fill reaches this window instead (0: max_window), while max_window stays the default
+    # generation length: a model that has seen long windows still answers when asked for a long output.
+    fill_window: int = 0
     n_test: int = 1000
     name: str = "sort"
+
+    def same_questions(self, other: "SortTask") -> bool:
+        """The same held-out split and default generation length; the training fill may differ."""
+        return dataclasses.replace(self, fill_window=0) == dataclasses.replace(other, fill_window=0)
 
     def example(self, rng: random.Random) -> Example:
         values = [rng.randint(0, self.max_value) for _ in range(rng.randint(self.min_len, self.max_len))]
@@ -64,7 +72,7 @@ class SortTask:
         prompt = self.prompt_ids(tok, ex.prompt)
         answer = tok.encode(ex.answer) + [tok.eos_token_id]
         if fill:  # diffusion: EOS fills a window of random length after the answer (LLaDA's SFT padding)
-            answer += [tok.eos_token_id] * rng.randint(0, max(0, self.max_window - len(answer)))
+            answer += [tok.eos_token_id] * rng.randint(0, max(0, (self.fill_window or self.max_window) - len(answer)))
         return prompt + answer, len(prompt)
 
     def batch(self, tok: Tokenizer, examples: list[Example], seed: str, fill: bool) -> Batch:

@@ -11,11 +11,20 @@ SORT_OPTIONS = {"max_len": 12, "max_window": 48}  # the CPU-sized task: see READ
 TEXT_MODEL = ModelConfig(vocab_size=0, dim=128, n_layers=4, n_heads=4, max_seq_len=512)
 
 RECIPES: dict[str, TrainConfig] = {
-    "sort-mdm": TrainConfig(
-        name="sort-mdm", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+    "sort-mdm-w48": TrainConfig(
+        name="sort-mdm-w48", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
         steps=10000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         task_options=SORT_OPTIONS,
-        description="masked-diffusion sorter (LLaDA objective), answers EOS-filled to a random window"),
+        description="masked-diffusion sorter (LLaDA objective), answers EOS-filled to a random window of up to "
+                    "48 tokens; the first stage of sort-mdm and the teacher of the distilled students"),
+    # The second stage: windows up to 192 (the longest the context leaves after a prompt), so a request for
+    # a long output, as LLaDA's vanilla decoding over the whole window is run, is still answered.
+    "sort-mdm": TrainConfig(
+        name="sort-mdm", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        init="sort-mdm-w48", steps=1200, batch_size=64, lr=5e-4, warmup_steps=50, eval_every=200, save_every=200,
+        task_options={**SORT_OPTIONS, "fill_window": 192},
+        description="masked-diffusion sorter (LLaDA objective): sort-mdm-w48 fine-tuned on answers EOS-filled "
+                    "to a random window of up to 192 tokens"),
     "sort-ar": TrainConfig(
         name="sort-ar", task="sort", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
         steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
@@ -41,7 +50,7 @@ RECIPES: dict[str, TrainConfig] = {
         description="block-diffusion sorter (BD3-LM objective, blocks of 4, clipped mask rates 0.3-0.8); "
                     "decode with the exact cache"),
     # The curriculum comparison: the sort-mdm recipe cut to 1500 steps, with mask rates easy to hard over
-    # the first half; its baseline is `unmask train --recipe sort-mdm --max-steps 1500` (README, "Few-step training").
+    # the first half; its baseline is `unmask train --recipe sort-mdm-w48 --max-steps 1500` (README, "Few-step training").
     "sort-mdm-curriculum": TrainConfig(
         name="sort-mdm-curriculum", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
         steps=1500, curriculum_steps=750, curriculum_start=0.2, batch_size=64, lr=2e-3, warmup_steps=200,
@@ -49,29 +58,29 @@ RECIPES: dict[str, TrainConfig] = {
         description="sort-mdm's recipe for 1500 steps with a mask-rate curriculum: the largest rate grows "
                     "from 0.2 to 1 over the first 750 steps"),
     "sort-d2f-kl": TrainConfig(
-        name="sort-d2f-kl", task="sort", objective="d2f", teacher="sort-mdm",
+        name="sort-d2f-kl", task="sort", objective="d2f", teacher="sort-mdm-w48",
         model=dataclasses.replace(SORT_MODEL, kind="block-diffusion", block_size=16),
         steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250, save_every=250,
         task_options=SORT_OPTIONS,
-        description="D2F student of sort-mdm, the published objective: block-causal (blocks of 16), distilled "
+        description="D2F student of sort-mdm-w48, the published objective: block-causal (blocks of 16), distilled "
                     "from the bidirectional teacher on monotone per-block mask ratios (KL alone); the first "
                     "stage of sort-d2f"),
     # The second stage: sort-d2f-kl fine-tuned with a data term, which pulls it off the teacher where the
     # teacher is wrong (README, "D2F": better than the data term from scratch on validation).
     "sort-d2f": TrainConfig(
-        name="sort-d2f", task="sort", objective="d2f", teacher="sort-mdm", init="sort-d2f-kl",
+        name="sort-d2f", task="sort", objective="d2f", teacher="sort-mdm-w48", init="sort-d2f-kl",
         model=dataclasses.replace(SORT_MODEL, kind="block-diffusion", block_size=16),
         steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250, save_every=250, ce_weight=1.0,
         task_options=SORT_OPTIONS,
-        description="D2F student of sort-mdm: sort-d2f-kl (block-causal, blocks of 16, distilled from the "
+        description="D2F student of sort-mdm-w48: sort-d2f-kl (block-causal, blocks of 16, distilled from the "
                     "bidirectional teacher) fine-tuned on the same monotone mask ratios with KL plus "
                     "cross-entropy to the true tokens; decode with strategy 'd2f'"),
     "sort-mdm-sdtt": TrainConfig(
-        name="sort-mdm-sdtt", task="sort", objective="sdtt", teacher="sort-mdm",
+        name="sort-mdm-sdtt", task="sort", objective="sdtt", teacher="sort-mdm-w48",
         model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
         steps=1600, rounds=2, step_tokens=1, distill_block=16, batch_size=64, lr=3e-4, warmup_steps=100,
         eval_every=200, save_every=200, ce_weight=1.0, task_options=SORT_OPTIONS,
-        description="sort-mdm after two rounds of self-distillation through time (blocks of 16: the teacher's "
+        description="sort-mdm-w48 after two rounds of self-distillation through time (blocks of 16: the teacher's "
                     "1-token steps learnt as 2-token steps, then 2 as 4): the same answers in half the steps"),
     "shakespeare-mdm": TrainConfig(
         name="shakespeare-mdm", task="shakespeare", objective="mdm", model=dataclasses.replace(TEXT_MODEL, kind="diffusion"),
