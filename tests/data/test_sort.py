@@ -73,6 +73,8 @@ def test_a_fill_window_trains_longer_windows_on_the_same_questions(task):
     assert long.same_questions(task) and long.test_examples == task.test_examples and long.max_window == 24
     assert not SortTask(max_len=7, max_window=24, n_test=200).same_questions(task)
     assert not SortTask(max_len=6, max_window=32, n_test=200).same_questions(task)
+    with pytest.raises(ValueError, match="fill_window"):
+        SortTask(fill_window=-1)
 
 
 def test_eval_batches_walk_the_heldout_split(task):

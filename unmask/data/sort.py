@@ -37,6 +37,10 @@ class SortTask:
     n_test: int = 1000
     name: str = "sort"
 
+    def __post_init__(self) -> None:
+        if self.fill_window < 0:
+            raise ValueError(f"fill_window must be 0 (max_window) or a window length, not {self.fill_window}")
+
     def same_questions(self, other: "SortTask") -> bool:
         """The same held-out split and default generation length; the training fill may differ."""
         return dataclasses.replace(self, fill_window=0) == dataclasses.replace(other, fill_window=0)

@@ -49,13 +49,13 @@ RECIPES: dict[str, TrainConfig] = {
         task_options=SORT_OPTIONS,
         description="block-diffusion sorter (BD3-LM objective, blocks of 4, clipped mask rates 0.3-0.8); "
                     "decode with the exact cache"),
-    # The curriculum comparison: the sort-mdm recipe cut to 1500 steps, with mask rates easy to hard over
+    # The curriculum comparison: the sort-mdm-w48 recipe cut to 1500 steps, with mask rates easy to hard over
     # the first half; its baseline is `unmask train --recipe sort-mdm-w48 --max-steps 1500` (README, "Few-step training").
     "sort-mdm-curriculum": TrainConfig(
         name="sort-mdm-curriculum", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
         steps=1500, curriculum_steps=750, curriculum_start=0.2, batch_size=64, lr=2e-3, warmup_steps=200,
         eval_every=250, save_every=250, task_options=SORT_OPTIONS,
-        description="sort-mdm's recipe for 1500 steps with a mask-rate curriculum: the largest rate grows "
+        description="sort-mdm-w48's recipe for 1500 steps with a mask-rate curriculum: the largest rate grows "
                     "from 0.2 to 1 over the first 750 steps"),
     "sort-d2f-kl": TrainConfig(
         name="sort-d2f-kl", task="sort", objective="d2f", teacher="sort-mdm-w48",
