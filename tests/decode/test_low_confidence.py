@@ -157,7 +157,8 @@ def test_model_proposing_the_mask_id_does_not_crash(steps):
 def test_block_diffusion_model_decodes_with_low_confidence():
     """A block-causal model decodes through the same loop, filling every mask."""
     bd = random_model("block-diffusion", seed=3)
-    out = unmask.generate(bd, random_prompt(4, seed=1), max_new_tokens=8, block_size=4, stop_at_eos=False)
+    out = unmask.generate(bd, random_prompt(4, seed=1), max_new_tokens=8, block_size=4, stop_at_eos=False,
+                          strategy="low_confidence")
     assert out.token_ids.shape == (1, 8)
     assert not bool((out.token_ids == MASK).any())
 

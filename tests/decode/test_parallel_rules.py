@@ -84,7 +84,7 @@ def test_lower_threshold_takes_fewer_forwards_and_fills_everything(model):
 
 def test_bad_rule_options_are_refused(model):
     prompt = random_prompt(5, seed=1)
-    with pytest.raises(ValueError, match="unknown confidence measure 'bogus'"):
+    with pytest.raises(ValueError, match="unknown confidence 'bogus'"):
         unmask.generate(model, prompt, strategy="threshold", confidence="bogus")
     with pytest.raises(ValueError, match="threshold must be above 0"):
         unmask.generate(model, prompt, strategy="threshold", threshold=0)

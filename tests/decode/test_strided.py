@@ -6,7 +6,7 @@ import torch
 
 import unmask
 from conftest import EOS, MASK, left_pad, random_model, random_prompt
-from unmask.decode.strided import pass_mask, verify
+from unmask.decode.rows.strided import pass_mask, verify
 
 
 def isd_model(seed: int = 0, ahead: int = 4, **kw):
@@ -14,7 +14,7 @@ def isd_model(seed: int = 0, ahead: int = 4, **kw):
 
 
 def test_pass_mask_layout():
-    m = pass_mask(2, 3, 2)[0, 0].int().tolist()  # 2 cached keys, 3 causal tokens, 2 mask slots
+    m = pass_mask(2, 3, 2).int().tolist()  # 2 cached keys, 3 causal tokens, 2 mask slots
     assert m == [[1, 1, 1, 0, 0, 0, 0],
                  [1, 1, 1, 1, 0, 0, 0],
                  [1, 1, 1, 1, 1, 0, 0],

@@ -33,13 +33,16 @@ class FixedAR(torch.nn.Module):
 
 def review(rule: str, q_block: list[float], commit: list[bool], conf: list[float]):
     ar = FixedAR(random_model("ar", seed=0))
-    v = Verifier(verifier=ar, accept=0.5, rule=rule)
+    v = Verifier(accept=0.5, verifier_rule=rule)
     P, Lb = 3, len(q_block)
     x = torch.cat([torch.tensor([[10, 11, 12]]), torch.full((1, Lb), MASK)], dim=1)
     ar.q = torch.tensor([[0.9] * P + q_block])
     x0 = torch.arange(20, 20 + Lb)[None]
     c = torch.tensor([conf], dtype=torch.float64)
-    keep, new_x0 = v.review(x, None, torch.arange(P + Lb)[None], (P, P + Lb), x0, c, torch.tensor([commit]))
+    draft = x.clone()
+    draft[:, P:] = x0
+    scores = ar(draft)[:, P - 1:P + Lb - 1]  # (1, Lb, V): the verifier's view of each block position
+    keep, new_x0 = v.review(scores, x0, c, torch.tensor([commit]))
     return keep[0].tolist(), new_x0[0].tolist()
 
 
@@ -89,8 +92,8 @@ def test_a_stricter_verifier_takes_more_steps(pair):
 def test_verifier_options_are_checked(pair):
     mdm, ar = pair
     prompt = random_prompt(5, seed=2)
-    with pytest.raises(ValueError, match="unknown verifier rule"):
-        unmask.generate(mdm, prompt, strategy="verifier", verifier=ar, rule="vote")
+    with pytest.raises(ValueError, match="unknown verifier_rule 'vote'"):
+        unmask.generate(mdm, prompt, strategy="verifier", verifier=ar, verifier_rule="vote")
     with pytest.raises(ValueError, match="must be an autoregressive model"):
         unmask.generate(mdm, prompt, strategy="verifier", verifier=mdm)
     with pytest.raises(ValueError, match="share the model's tokenizer"):

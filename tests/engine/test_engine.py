@@ -7,7 +7,7 @@ import torch
 import unmask
 from conftest import random_model, random_prompt
 from unmask.engine.engine import Engine
-from unmask.engine.exact_rows import plan_passes
+from unmask.engine.packing import plan_passes
 from unmask.engine.request import SamplingParams
 
 
@@ -22,17 +22,15 @@ def ar():
 
 
 def alone(model, prompt, params):
-    kw = dict(strategy=params.strategy, block_size=params.block_size, steps=params.steps,
-              temperature=params.temperature, seed=params.seed, stop_at_eos=params.stop_at_eos, **params.options)
-    return unmask.generate(model, torch.tensor([prompt]), max_new_tokens=params.max_new_tokens, **kw).sequences[0]
+    return unmask.generate(model, torch.tensor([prompt]), **params.options).sequences[0]
 
 
 def test_mixed_rules_and_stages_step_together_and_match_generate(mdm):
     eng = Engine(mdm, max_running=3)
     jobs = [(random_prompt(n, seed=n)[0].tolist(), p) for n, p in [
         (5, SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=8)),
-        (9, SamplingParams(max_new_tokens=12, strategy="threshold", block_size=4, options={"threshold": 0.2})),
-        (3, SamplingParams(max_new_tokens=8, strategy="factor", options={"factor": 2.0})),
+        (9, SamplingParams(max_new_tokens=12, strategy="threshold", block_size=4, threshold=0.2)),
+        (3, SamplingParams(max_new_tokens=8, strategy="factor", factor=2.0)),
         (7, SamplingParams(max_new_tokens=16, strategy="random", block_size=16, seed=3)),
         (4, SamplingParams(max_new_tokens=10, strategy="low_confidence", steps=5, temperature=1.0, seed=9))]]
     reqs = [eng.add_request(p, params) for p, params in jobs]
@@ -57,7 +55,7 @@ def test_ar_rows_with_their_own_caches_match_generate(ar):
 def test_streamed_pieces_are_in_order_and_add_up(mdm):
     eng = Engine(mdm)
     p = random_prompt(6, seed=1)[0].tolist()
-    params = SamplingParams(max_new_tokens=16, strategy="threshold", block_size=8, options={"threshold": 0.3})
+    params = SamplingParams(max_new_tokens=16, strategy="threshold", block_size=8, threshold=0.3)
     r = eng.add_request(p, params)
     pieces = []
     while eng.has_work():
@@ -85,18 +83,15 @@ def test_a_failing_request_fails_alone(mdm, monkeypatch):
     params = SamplingParams(max_new_tokens=8, block_size=8)
     good = eng.add_request(random_prompt(4, seed=1)[0].tolist(), params)
     bad = eng.add_request(random_prompt(5, seed=2)[0].tolist(), params)
-    real = eng.runner.step_diffusion
 
-    def flaky(requests):
-        if any(r is bad for r in requests):
-            raise RuntimeError("boom")
-        return real(requests)
+    def boom(logits):
+        raise RuntimeError("boom")
 
-    monkeypatch.setattr(eng.runner, "step_diffusion", flaky)
+    monkeypatch.setattr(eng.row(bad.request_id), "take", boom)
     while eng.has_work():
         eng.step()
     assert bad.finish_reason == "error" and "boom" in bad.error
-    assert good.finish_reason in ("stop", "length") and len(good.output_ids) > 0
+    assert good.finish_reason in ("stop", "length") and good.output_ids == alone(mdm, good.prompt_ids, params)
 
 
 def test_bad_requests_are_refused_before_they_wait(mdm):
@@ -118,19 +113,17 @@ def test_dual_cache_rows_match_generate_with_dual_cache(shift):
     eng = Engine(model, max_running=4)
     jobs = [(random_prompt(n, seed=40 + n)[0].tolist(), p) for n, p in [
         (5, SamplingParams(max_new_tokens=16, strategy="threshold", block_size=8, cache="dual",
-                           options={"threshold": 0.2})),
+                           threshold=0.2)),
         (11, SamplingParams(max_new_tokens=24, strategy="low_confidence", block_size=8, cache="dual")),
-        (3, SamplingParams(max_new_tokens=12, strategy="factor", block_size=4, cache="dual", options={"factor": 2.0})),
+        (3, SamplingParams(max_new_tokens=12, strategy="factor", block_size=4, cache="dual", factor=2.0)),
         (8, SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=8)),  # uncached, same batch
         (6, SamplingParams(max_new_tokens=8, strategy="threshold", block_size=4, cache="dual",
-                           options={"threshold": 0.3}))]]
+                           threshold=0.3))]]
     reqs = [eng.add_request(p, params) for p, params in jobs]
     while eng.has_work():
         eng.step()
     for r, (p, params) in zip(reqs, jobs):
-        kw = dict(strategy=params.strategy, block_size=params.block_size, cache=params.cache, **params.options)
-        ref = unmask.generate(model, torch.tensor([p]), max_new_tokens=params.max_new_tokens, **kw)
-        assert r.output_ids == ref.sequences[0], r.request_id
+        assert r.output_ids == alone(model, p, params), r.request_id
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +135,12 @@ def test_block_causal_rows_with_exact_prefixes_match_generate_without_cache(bd):
     """Rules and the D2F pipeline, prompts off and on the block grid, joining as others leave: every
     request gets the tokens of decoding it alone with everything recomputed (d2f: its own decoder)."""
     jobs = [(random_prompt(n, seed=60 + n)[0].tolist(), p) for n, p in [
-        (5, SamplingParams(max_new_tokens=16, strategy="threshold", block_size=4, options={"threshold": 0.3})),
+        (5, SamplingParams(max_new_tokens=16, strategy="threshold", block_size=4, threshold=0.3)),
         (8, SamplingParams(max_new_tokens=12, strategy="low_confidence", block_size=4, stop_at_eos=False)),
-        (3, SamplingParams(max_new_tokens=20, strategy="d2f", options={"threshold": 0.3, "add": 0.2},
+        (3, SamplingParams(max_new_tokens=20, strategy="d2f", threshold=0.3, add=0.2,
                            stop_at_eos=False)),
-        (7, SamplingParams(max_new_tokens=14, strategy="factor", block_size=6, options={"factor": 2.0})),
-        (6, SamplingParams(max_new_tokens=24, strategy="d2f", options={"threshold": 0.5, "activate": 0.5})),
+        (7, SamplingParams(max_new_tokens=14, strategy="factor", block_size=6, factor=2.0)),
+        (6, SamplingParams(max_new_tokens=24, strategy="d2f", threshold=0.5, activate=0.5)),
         (9, SamplingParams(max_new_tokens=16, strategy="low_confidence", block_size=8, steps=4, cache="exact")),
         (4, SamplingParams(max_new_tokens=18, strategy="d2f", stop_at_eos=False))]]
     eng = Engine(bd, max_running=4)
@@ -155,10 +148,7 @@ def test_block_causal_rows_with_exact_prefixes_match_generate_without_cache(bd):
     while eng.has_work():
         eng.step()
     for r, (p, params) in zip(reqs, jobs):
-        kw = dict(strategy=params.strategy, stop_at_eos=params.stop_at_eos, **params.options)
-        if params.strategy != "d2f":
-            kw.update(block_size=params.block_size, steps=params.steps)
-        ref = unmask.generate(bd, torch.tensor([p]), max_new_tokens=params.max_new_tokens, **kw)
+        ref = unmask.generate(bd, torch.tensor([p]), **params.options)
         assert r.output_ids == ref.sequences[0], r.request_id
         assert r.finish_reason == ("stop" if ref.finished[0] else "length")
 
@@ -183,10 +173,10 @@ def test_block_causal_passes_never_recompute_finished_blocks(bd, monkeypatch):
 
 
 def test_block_causal_rows_refuse_an_approximate_cache(bd):
-    with pytest.raises(ValueError, match="cached exactly"):
+    with pytest.raises(ValueError, match="approximate cache for bidirectional"):
         Engine(bd).add_request([5, 6], SamplingParams(max_new_tokens=8, strategy="threshold", cache="dual"))
-    with pytest.raises(ValueError, match="strategy 'd2f' takes"):
-        Engine(bd).add_request([5, 6], SamplingParams(max_new_tokens=8, strategy="d2f", options={"factor": 1.0}))
+    with pytest.raises(ValueError, match="strategy 'd2f' does not take factor"):
+        Engine(bd).add_request([5, 6], SamplingParams(max_new_tokens=8, strategy="d2f", factor=1.0))
     with pytest.raises(ValueError, match="needs a block-causal"):
         Engine(random_model("diffusion")).add_request([5, 6], SamplingParams(max_new_tokens=8, strategy="d2f"))
 
@@ -208,16 +198,11 @@ def test_block_diffusion_rows_default_to_the_models_block_like_generate():
                                                               block_size=32, stop_at_eos=False))
 
 
-def test_engine_refuses_caches_it_does_not_offer(mdm):
-    with pytest.raises(ValueError, match="cache 'dual' or none"):
-        Engine(mdm).add_request([5, 6], SamplingParams(cache="delayed"))
-
-
 def test_passes_group_rows_of_similar_width():
     """A prefilling row (wide window) gets its own pass when padding the others to it costs more than a pass."""
-    assert plan_passes([50, 10, 12, 11], overhead=20) == [[0], [2, 3, 1]]
-    assert plan_passes([50, 10, 12, 11], overhead=200) == [[0, 2, 3, 1]]  # passes are dear: one pass
+    assert plan_passes([50, 10, 12, 11], overhead=20) == [[0], [1, 2, 3]]
+    assert plan_passes([50, 10, 12, 11], overhead=200) == [[0, 1, 2, 3]]  # passes are dear: one pass
     assert plan_passes([8, 8, 8], overhead=0) == [[0, 1, 2]]  # equal widths never split
     groups = plan_passes([30, 5, 60, 7, 33, 9, 61], overhead=16)
     assert sorted(i for g in groups for i in g) == list(range(7))
-    assert groups == [[6, 2], [4, 0], [5, 3, 1]]
+    assert groups == [[2, 6], [0, 4], [1, 3, 5]]

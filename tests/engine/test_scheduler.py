@@ -10,7 +10,7 @@ from unmask.engine.scheduler import Scheduler
 
 
 def req(prompt_len: int = 4, new: int = 4) -> Request:
-    return Request([5] * prompt_len, SamplingParams(max_new_tokens=new))
+    return Request([5] * prompt_len, SamplingParams(max_new_tokens=new), footprint=prompt_len + new)
 
 
 def test_scheduler_module_does_not_need_torch():

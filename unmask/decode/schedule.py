@@ -12,7 +12,7 @@ def transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
     n = masked.sum(dim=1, keepdim=True)  # (B, 1)
     counts = (n // steps).expand(-1, steps).clone()
     remainder = (n % steps).squeeze(1)
-    counts += (torch.arange(steps)[None, :] < remainder[:, None]).long()
+    counts += (torch.arange(steps, device=masked.device)[None, :] < remainder[:, None]).long()
     return counts
 
 

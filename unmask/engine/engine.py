@@ -1,14 +1,19 @@
 """The engine: step() = schedule -> run -> postprocess. Thread-unsafe by design: one loop drives it."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from unmask.decode.rows import Row, build_row
+from unmask.decode.spec import Decoding, Namer, python_name, resolve
+from unmask.decode.strategies.verifier import check_pair, load_verifier
 from unmask.engine.request import Request, RequestOutput, SamplingParams, Status
-from unmask.engine.runner import Row, Runner
+from unmask.engine.runner import RowError, Runner
 from unmask.engine.scheduler import Scheduler
+from unmask.models.paged_cache import PAGE, PagedKVCache, first_parameter
 
 
 @dataclass
@@ -25,34 +30,93 @@ class EngineStats:
     first_token_s: list[float] = field(default_factory=list)
 
 
+def check_prompt(model: torch.nn.Module, prompt_len: int, max_new_tokens: int, namer: Namer = python_name) -> None:
+    """Reject a prompt that cannot run with one clear sentence (ValueError)."""
+    if prompt_len == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    total, context = prompt_len + max_new_tokens, model.config.max_seq_len
+    if total > context:
+        raise ValueError(f"prompt ({prompt_len} tokens) plus {max_new_tokens} new tokens ({namer('max_new_tokens')}) "
+                         f"is {total}, more than this model's context of {context}")
+
+
 class Engine:
-    def __init__(self, model: torch.nn.Module, *, max_running: int = 32, max_tokens: int = 16384) -> None:
+    """Continuous batching over the decoding rows: requests join and leave between steps.
+
+    verifiers: AR models rows of strategy 'verifier' may name, loaded once by whoever builds the engine
+    (`unmask serve --verifier NAME`). With `load_verifiers` (offline use) a verifier named by a request and
+    not given here is loaded on first use; a server refuses it instead.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, max_running: int = 32, max_tokens: int = 16384,
+                 verifiers: dict[str, torch.nn.Module] | None = None, load_verifiers: bool = True) -> None:
         self.model = model
+        self.device = first_parameter(model).device
+        for verifier in (verifiers or {}).values():
+            check_pair(model, verifier)
         self.scheduler = Scheduler(max_running, max_tokens)
-        self.runner = Runner(model)
+        self.runner = Runner(model, max_tokens, verifiers)
+        self.load_verifiers = load_verifiers
         self.requests: dict[str, Request] = {}
+        self.waiting_rows: dict[str, Row] = {}  # queued requests' rows: their KV slots come at admission
         self.stats = EngineStats()
 
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Request:
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    generator: torch.Generator | None = None) -> Request:
         """Queue a request; a request that cannot run raises ValueError here, before it waits."""
-        req, row = self.prepare(prompt_ids, params, request_id)
+        req, row = self.prepare(prompt_ids, params, request_id, generator)
         self.add_prepared(req, row)
         return req
 
-    def prepare(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
-                ) -> tuple[Request, Row]:
+    def prepare(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                generator: torch.Generator | None = None) -> tuple[Request, Row]:
         """Validate a request and build its row without changing the engine, so another thread may call it
-        while a step runs (the server does); ValueError if it cannot run. `add_prepared` then queues it."""
-        req = Request(list(prompt_ids), params) if request_id is None else Request(list(prompt_ids), params, request_id)
-        row = self.runner.build(req)
+        while a step runs (the server does); ValueError with one sentence if it cannot run."""
+        d = resolve(self.model.config, params.options, params.namer)
+        check_prompt(self.model, len(prompt_ids), d.max_new_tokens, params.namer)
+        d = self.with_verifier(d)
+        if generator is None and d.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(d.seed)
+        prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
+        row = build_row(self.model, prompt, d, generator)
+        footprint = max(PagedKVCache.pages_needed(n) for n in row.footprint.values()) * PAGE
+        kw = {} if request_id is None else {"request_id": request_id}
+        req = Request(list(prompt_ids), params, decoding=d, footprint=footprint, **kw)
         self.scheduler.check(req)
         return req, row
+
+    def fit(self, max_tokens: int) -> None:
+        """Size the KV storage (token slots) before the first step, e.g. to exactly one batch's footprint."""
+        if self.runner.pools:
+            raise RuntimeError("the engine's KV storage is already allocated")
+        self.scheduler.max_tokens = self.runner.capacity = max_tokens
+
+    def with_verifier(self, d: Decoding) -> Decoding:
+        """The decoding with its verifier named as the runner knows it; loads or refuses an unknown one."""
+        if d.strategy != "verifier":
+            return d
+        if isinstance(d.verifier, torch.nn.Module):
+            check_pair(self.model, d.verifier)
+            name = f"{getattr(d.verifier, 'name', 'verifier')}@{id(d.verifier):x}"
+            self.runner.add_model(name, d.verifier)
+            return dataclasses.replace(d, verifier=name)
+        if d.verifier in self.runner.models:
+            return d
+        if not self.load_verifiers:
+            raise ValueError(f"this server has no verifier {d.verifier!r}: start it with --verifier {d.verifier}")
+        try:
+            verifier = load_verifier(d.verifier, str(self.device))
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise ValueError(f"cannot load verifier {d.verifier!r}: {err}") from None
+        check_pair(self.model, verifier)
+        self.runner.add_model(d.verifier, verifier)
+        return d
 
     def add_prepared(self, req: Request, row: Row) -> None:
         if req.request_id in self.requests:
             raise ValueError(f"request id {req.request_id!r} is already in use")
         self.scheduler.add(req)
-        self.runner.adopt(req.request_id, row)
+        self.waiting_rows[req.request_id] = row
         self.requests[req.request_id] = req
 
     def cancel(self, request_id: str) -> None:
@@ -79,22 +143,28 @@ class Engine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        for req in batch:
+            if req.request_id in self.waiting_rows:
+                self.runner.admit(req.request_id, self.waiting_rows.pop(req.request_id))
         before = self.runner.passes
-        try:
-            outs = self.runner.step(batch)
-        except Exception:  # one request's fault must not sink the batch: retry each alone
-            outs = []
-            for req in batch:
-                try:
-                    outs += self.runner.step([req])
-                except Exception as err:  # noqa: BLE001 - reported to that request's client
-                    outs.append(RequestOutput(req.request_id, [], True, "error", f"{type(err).__name__}: {err}"))
+        results = self.runner.step([r.request_id for r in batch])
         self.stats.forward_passes += self.runner.passes - before
         self.stats.row_forwards += len(batch)
+        outs = []
+        for req in batch:
+            res = results.get(req.request_id)
+            if isinstance(res, RowError):
+                outs.append(RequestOutput(req.request_id, [], True, "error", str(res)))
+            elif res is not None:
+                req.nfe = self.runner.rows[req.request_id].passes
+                outs.append(RequestOutput(req.request_id, res.new_tokens, res.finished,
+                                          res.reason if res.finished else None))
         for out in outs:
             self.postprocess(out)
         return outs
 
+    def row(self, request_id: str) -> Row | None:
+        return self.runner.rows.get(request_id) or self.waiting_rows.get(request_id)
     def postprocess(self, out: RequestOutput) -> None:
         req = self.requests[out.request_id]
         if out.new_token_ids:
@@ -114,6 +184,7 @@ class Engine:
 
     def finish(self, req: Request, reason: str) -> None:
         req.status, req.finish_reason, req.finished_at = Status.FINISHED, reason, time.monotonic()
+        self.waiting_rows.pop(req.request_id, None)
         self.runner.release(req.request_id)
         self.requests.pop(req.request_id, None)
 

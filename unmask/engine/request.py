@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from unmask.decode.spec import Namer, python_name
+
 _ids = itertools.count()
 
 
@@ -16,19 +18,17 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(frozen=True)
 class SamplingParams:
-    """Decoding options of one request; `options` holds the rule's own (threshold=..., factor=..., confidence=...)."""
+    """A request's decoding options as given, by their Python names (unset ones absent or None);
+    unmask/decode/spec.py checks and resolves them when the engine prepares the request. `namer` says
+    how a refusal names an option (a Python keyword, a CLI flag, an HTTP field)."""
 
-    max_new_tokens: int = 64
-    strategy: str | None = None  # None: the model's default
-    block_size: int | None = None
-    steps: int | None = None
-    temperature: float = 0.0
-    seed: int | None = None
-    stop_at_eos: bool = True
-    cache: str | None = None  # None or "dual" (the engine's approximate cache for bidirectional models)
-    options: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, namer: Namer = python_name, **options: Any) -> None:
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self.namer = namer
+
+    def __repr__(self) -> str:
+        return f"SamplingParams({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
 
 
 @dataclass
@@ -43,12 +43,9 @@ class Request:
     finish_reason: str | None = None  # "stop" (EOS), "length", "cancelled", "error"
     error: str | None = None
     output_ids: list[int] = field(default_factory=list)  # final tokens, in order, EOS excluded
-    nfe: int = 0  # forward passes this request took part in
-
-    @property
-    def footprint(self) -> int:
-        """Token slots the request may occupy: the scheduler's unit of memory."""
-        return len(self.prompt_ids) + self.params.max_new_tokens
+    nfe: int = 0  # forward passes of the request's model this request took part in
+    decoding: Any = None  # its resolved unmask.decode.spec.Decoding
+    footprint: int = 0  # KV token slots it holds while running, whole pages: the scheduler's unit of memory
 
     @property
     def finished(self) -> bool:

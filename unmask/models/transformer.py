@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from unmask.config import ModelConfig
 from unmask.models.kv_cache import KVCache
+from unmask.models.paged_cache import PassView
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +155,7 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
                 valid: torch.Tensor | None = None, cache: KVCache | None = None, start: int | torch.Tensor = 0,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, kv: PassView | None = None) -> torch.Tensor:
         """Logits `# (B, L, V)` for `input_ids` `# (B, L)`.
 
         positions: RoPE positions `# (B, L)`; default start..start+L-1.
@@ -163,7 +164,11 @@ class Transformer(nn.Module):
             every filled slot under the model's attention rule. start may instead be a LongTensor
             `# (L,)` naming each token's slot (scattered writes); positions are then required.
         attn_mask: an explicit boolean mask `# (B, 1, L, Lk)` that replaces the rule (training tricks).
+        kv: the engine's paged storage for this pass (unmask/models/paged_cache.py): each query's keys and
+            values go to its request's slot and it attends the keys `attn_mask` (required) allows.
         """
+        if kv is not None:
+            return self.forward_paged(input_ids, positions, kv, attn_mask)
         B, L = input_ids.shape
         cfg = self.config
         scattered = isinstance(start, torch.Tensor)
@@ -190,4 +195,15 @@ class Transformer(nn.Module):
             x = layer(x, self.rope, positions, mask, cache, i, start, extent)
         if cache is not None:
             cache.length = extent
+        return self.head(self.norm(x)).float()
+
+    def forward_paged(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: PassView,
+                      attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """A pass over several requests' queries `# (B, Lq)` at RoPE `positions`, through their KV slots."""
+        if int(positions.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond this model's context of "
+                             f"{self.config.max_seq_len}")
+        x = self.embed(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.rope, positions, attn_mask, kv, i, 0, 0)
         return self.head(self.norm(x)).float()

@@ -27,8 +27,11 @@ class APIError(Exception):
         self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
 
 
-def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_tokens: int = 16384) -> FastAPI:
-    engine = AsyncEngine(Engine(model, max_running=max_running, max_tokens=max_tokens))
+def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_tokens: int = 16384,
+               verifiers: dict[str, torch.nn.Module] | None = None) -> FastAPI:
+    """The server for `model`; `verifiers`: the AR models requests of strategy 'verifier' may name (loaded once)."""
+    engine = AsyncEngine(Engine(model, max_running=max_running, max_tokens=max_tokens, verifiers=verifiers,
+                                load_verifiers=False))
     tok = model.tokenizer
     started = int(time.time())
 

@@ -1,8 +1,10 @@
 """OpenAI-compatible request and response bodies (pydantic), plus unmask's own decoding fields.
 
-Fields beyond OpenAI's (strategy, block_size, steps, threshold, factor, confidence, add, activate, cache) are accepted
-as extra body fields (the openai client's `extra_body=`) with validated ranges; unknown fields are
-ignored, as OpenAI does, except `n` > 1 and `best_of`, which are refused rather than silently dropped.
+The decoding fields are unmask/decode/spec.py's options, by their HTTP names (the flag's name with `_`
+for `-`; OpenAI's `max_tokens` for max_new_tokens), sent as extra body fields (the openai client's
+`extra_body=`). Their types and ranges are checked by the spec when the engine prepares the request, so
+a wrong value, an option the decoder does not take, or a strategy the model cannot run is a 400 with one
+sentence naming the field. Unknown fields are ignored, as OpenAI does, except `n` > 1 and `best_of`.
 """
 from __future__ import annotations
 
@@ -10,43 +12,30 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from unmask.decode.spec import OPTIONS, http_name
 from unmask.engine.request import SamplingParams
 
-MAX_TOKENS_CAP = 4096  # the schema's ceiling; the model's context is checked per request
+HTTP_OPTIONS = tuple(o for o in OPTIONS if o.field_name)
 
 
-class DecodingFields(BaseModel):
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)  # greedy unless asked: diffusion samplers are usually greedy
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0)
+class OpenAIFields(BaseModel):
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
-    strategy: str | None = None
-    block_size: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
-    steps: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
-    threshold: float | None = Field(None, gt=0.0, le=1.01)
-    factor: float | None = Field(None, gt=0.0, le=100.0)
-    confidence: Literal["prob", "margin", "entropy"] | None = None
-    add: float | None = Field(None, gt=0.0, le=1.01)  # d2f: tau_add
-    activate: float | None = Field(None, gt=0.0, le=1.01)  # d2f: tau_act
-    cache: Literal["none", "dual", "exact"] | None = None
-
-    def rule_options(self) -> dict[str, Any]:
-        opts = {"threshold": self.threshold, "factor": self.factor, "confidence": self.confidence, "add": self.add,
-                "activate": self.activate}
-        return {k: v for k, v in opts.items() if v is not None}
 
     def sampling_params(self, default_new: int) -> SamplingParams:
         """The engine's parameters for this body; `default_new` tokens when it names no max_tokens."""
-        options = self.rule_options()
-        if self.top_p is not None:
-            options["top_p"] = self.top_p
-        return SamplingParams(max_new_tokens=self.max_tokens or default_new, strategy=self.strategy,
-                              block_size=self.block_size, steps=self.steps, temperature=self.temperature,
-                              seed=self.seed, cache=None if self.cache == "none" else self.cache, options=options)
+        options = {o.name: getattr(self, o.field_name) for o in HTTP_OPTIONS}
+        if options["max_new_tokens"] is None:
+            options["max_new_tokens"] = default_new
+        return SamplingParams(http_name, **options)
+
+
+# One field per option, untyped here on purpose: the spec is the one place its type and range live.
+DecodingFields = create_model(
+    "DecodingFields", __base__=OpenAIFields,
+    **{o.field_name: (Any, Field(None, description=o.help)) for o in HTTP_OPTIONS})
 
 
 class CompletionRequest(DecodingFields):

@@ -15,8 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from unmask.decode.rows import Row
 from unmask.engine.engine import Engine
-from unmask.engine.runner import Row
 from unmask.engine.request import Request, RequestOutput, SamplingParams
 from unmask.server.metrics import Metrics
 

@@ -1,4 +1,4 @@
-"""The contract between the denoising loop and a step rule."""
+"""The contract between a block-decoding row and its step rule."""
 from __future__ import annotations
 
 import torch
@@ -9,11 +9,13 @@ from unmask.decode.confidence import get_measure
 class Strategy:
     """Decides, at each denoising step of a block, which masked positions to commit.
 
-    The loop proposes a token x0 for every position of the block; the strategy scores them
-    (`confidence`) and picks which to commit (`select`). It never touches the model.
+    The row proposes a token x0 for every position of the block; the strategy scores them
+    (`confidence`) and picks which to commit (`select`). It never touches a model. One instance
+    per row: `begin_block` may keep per-block state.
     """
 
     name = "base"
+    uses_verifier = False  # True: a small AR model vets each step's commits (`review`) before they stand
 
     def __init__(self, confidence: str = "prob") -> None:
         self.measure = get_measure(confidence)
@@ -29,16 +31,6 @@ class Strategy:
         """Positions to commit `# (B, Lb)` bool; confidence is -inf where not masked."""
         raise NotImplementedError
 
-    def check_model(self, model: torch.nn.Module) -> None:
-        """Refuse (ValueError) a model this rule cannot decode; called once per generation."""
-
-    def review(self, x: torch.Tensor, valid: torch.Tensor | None, positions: torch.Tensor, span: tuple[int, int],
-               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A second look at `commit` and the proposals x0 `# (B, Lb)` with the whole sequence x `# (B, T)`
-        in view; returns the (commit, x0) to apply. Default: keep all."""
-        return commit, x0
-
 
 def top_k_per_row(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Bool mask of each row's k[row] highest-confidence positions `# (B, Lb)`."""
@@ -47,7 +39,7 @@ def top_k_per_row(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     if k_max == 0:
         return chosen
     idx = torch.topk(confidence, k_max, dim=-1).indices  # (B, k_max)
-    keep = torch.arange(k_max)[None, :] < k[:, None]
+    keep = torch.arange(k_max, device=k.device)[None, :] < k[:, None]
     return chosen.scatter(-1, idx, keep)
 
 

@@ -3,8 +3,8 @@
 Committing many tokens per step risks errors no single position can see (a number written twice,
 one dropped). Each step, the rule proposes commits as `threshold` does; a small AR model with the same
 tokenizer then reads the block's draft (committed tokens, and the dLLM's proposal at every masked
-position) in one causal forward pass, and each proposed commit the verifier finds unlikely goes back
-to [MASK] to be decoded again later:
+position) in one causal forward pass, batched with the other rows' in the same engine step, and each
+proposed commit the verifier finds unlikely goes back to [MASK] to be decoded again later:
   rule "prob":   reject a commit whose verifier probability, given the draft before it, is below `accept`;
   rule "first":  reject from the row's first such commit onward (later tokens were read after an error).
 A row whose every commit is rejected still makes progress without accepting a rejected token: it
@@ -22,47 +22,43 @@ RULES = ("prob", "first")
 
 
 @functools.lru_cache(maxsize=4)
-def load_verifier(name: str) -> torch.nn.Module:
+def load_verifier(name: str, device: str = "cpu") -> torch.nn.Module:
     from unmask.models.checkpoints import load_model
 
-    return load_model(name)
+    return load_model(name, device=device)
+
+
+def check_pair(model: torch.nn.Module, verifier: torch.nn.Module) -> None:
+    """ValueError unless `verifier` is an AR model that reads `model`'s tokens."""
+    if verifier.config.kind != "ar":
+        raise ValueError(f"the verifier must be an autoregressive model, not {verifier.config.kind}")
+    same = (verifier.config.vocab_size == model.config.vocab_size
+            and verifier.eos_token_id == model.eos_token_id and verifier.pad_token_id == model.pad_token_id)
+    if not same:
+        raise ValueError("the verifier must share the model's tokenizer (vocabulary and special ids)")
 
 
 class Verifier(Threshold):
     name = "verifier"
+    uses_verifier = True
 
-    def __init__(self, verifier: str | torch.nn.Module = "sort-ar-small", threshold: float = 0.7,
-                 accept: float = 0.2, rule: str = "prob", confidence: str = "prob") -> None:
+    def __init__(self, threshold: float = 0.7, accept: float = 0.2, verifier_rule: str = "prob",
+                 confidence: str = "prob") -> None:
         super().__init__(threshold, confidence)
-        if rule not in RULES:
-            raise ValueError(f"unknown verifier rule {rule!r}; known rules: {', '.join(RULES)}")
+        if verifier_rule not in RULES:
+            raise ValueError(f"unknown verifier rule {verifier_rule!r}; known rules: {', '.join(RULES)}")
         if not 0 < accept < 1:
             raise ValueError(f"accept must be between 0 and 1, not {accept}")
-        self.ar = load_verifier(verifier) if isinstance(verifier, str) else verifier
-        if self.ar.config.kind != "ar":
-            raise ValueError(f"the verifier must be an autoregressive model, not {self.ar.config.kind}")
-        self.accept, self.rule = accept, rule
-        self.verifier_forwards = 0
+        self.accept, self.rule = accept, verifier_rule
 
-    def check_model(self, model: torch.nn.Module) -> None:
-        same = (self.ar.config.vocab_size == model.config.vocab_size
-                and self.ar.eos_token_id == model.eos_token_id and self.ar.pad_token_id == model.pad_token_id)
-        if not same:
-            raise ValueError("the verifier must share the model's tokenizer (vocabulary and special ids)")
-
-    @torch.no_grad()
-    def review(self, x: torch.Tensor, valid: torch.Tensor | None, positions: torch.Tensor, span: tuple[int, int],
-               x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor
+    def review(self, scores: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, commit: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        s, e = span
-        draft = x[:, :e].clone()  # (B, e): prompt, earlier blocks, then this block's draft
-        block = draft[:, s:]
-        masked = torch.isfinite(confidence)  # the loop scores masked positions only (-inf elsewhere)
-        block[masked] = x0[masked]
-        logits = self.ar(draft, positions[:, :e], valid=None if valid is None else valid[:, :e])  # (B, e, V)
-        self.verifier_forwards += 1
-        scores = logits[:, s - 1:e - 1].float()  # (B, Lb, V): the verifier's next-token view of each position
+        """(commit, x0) to apply, given the verifier's next-token logits `# (B, Lb, V)` at each block position
+        (row j read the draft up to position j-1), the proposals x0 and commits `# (B, Lb)`, and the
+        confidences (-inf where the position was not masked)."""
+        scores = scores.float()
         p = torch.softmax(scores, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
+        masked = torch.isfinite(confidence)
         reject = commit & (p < self.accept)
         if self.rule == "first":
             reject = commit & (reject.long().cumsum(dim=-1) > 0)
