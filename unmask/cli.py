@@ -77,8 +77,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--serve", action="store_true",
                    help="load test instead: concurrent streaming clients against `unmask serve` (serve.json/md/png)")
-    p.add_argument("--seconds", type=float, help="--serve: seconds per concurrency level (default 20; --quick 5)")
-    p.add_argument("--clients", default="1,4,16,32", help="--serve: concurrency levels, comma-separated")
+    p.add_argument("--seconds", type=float, help="--serve: seconds per concurrency level (default 10; --quick 3)")
+    p.add_argument("--clients", default="1,8,32", help="--serve: concurrency levels, comma-separated")
+    p.add_argument("--decoders", help="--serve: only these decoders, comma-separated (default: all of "
+                                      "unmask/bench/serving.py DECODERS)")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu (default), cuda, cuda:1, mps")
     p.add_argument("--published-shapes", action="store_true",
                    help="load and decode random weights at LLaDA-8B's shapes times --fraction "
                         "(published_shapes.json/md)")
@@ -225,12 +228,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from unmask.bench.published_shapes import DEFAULT_FRACTION, markdown, run_published_shapes
 
         fraction = DEFAULT_FRACTION if args.fraction is None else args.fraction
+        check_device(args.device)
         report = run_published_shapes(fraction=fraction, dtype=args.dtype, out_dir=Path(args.out),
-                                      progress=not args.json)
+                                      progress=not args.json, device=args.device)
         print(json.dumps(report) if args.json else markdown(report))
         return
     if args.fraction is not None or args.dtype is not None:
         raise UserError("--fraction and --dtype go with --published-shapes")
+    if args.decoders is not None and not args.serve:
+        raise UserError("--decoders goes with --serve")
     if args.serve:
         from unmask.bench.serving import run_serve_bench
         from unmask.bench.serving_report import serve_markdown
@@ -240,14 +246,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
         try:
             levels = tuple(int(c) for c in args.clients.split(","))
         except ValueError:
-            raise UserError(f"--clients takes numbers like 1,4,16,32, not {args.clients!r}") from None
+            raise UserError(f"--clients takes numbers like 1,8,32, not {args.clients!r}") from None
         if not levels or min(levels) < 1:
             raise UserError("--clients needs concurrency levels of at least 1")
+        from unmask.bench.serving import DECODERS
+
+        decoders = tuple(d.strip() for d in args.decoders.split(",")) if args.decoders else None
+        unknown = [d for d in decoders or () if d not in DECODERS]
+        if unknown:
+            raise UserError(f"unknown decoder {unknown[0]!r}; known: {', '.join(DECODERS)}")
+        check_device(args.device)
         report = run_serve_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json,
-                                 seconds=args.seconds, concurrency=levels)
+                                 seconds=args.seconds, concurrency=levels, decoders=decoders, device=args.device)
         print(json.dumps(report) if args.json else serve_markdown(report))
         return
-    report = run_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json)
+    check_device(args.device)
+    report = run_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json, device=args.device)
     if args.json:
         print(json.dumps(report))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from unmask.bench.engine_only import params_for
-from unmask.bench.serving import OPTIONS
+from unmask.bench.serving import DECODERS
 from unmask.bench.serving_report import ratios, serve_markdown
 
 
@@ -14,29 +14,37 @@ def served(role: str, c: int, tps: float) -> dict:
             "latency_p99_s": 0.04, "server_threads": 1}
 
 
-def test_ratios_and_engine_alone_lines():
-    report = {"seconds_per_level": 5, "concurrency": [1, 16],
-              "rows": [served("diffusion", 1, 1000), served("diffusion", 16, 1500), served("block-diffusion", 1, 500),
-                       served("block-diffusion", 16, 2000), served("ar", 1, 250), served("ar", 16, 1000)],
-              "engine_only": [{"role": "diffusion", "model": "m-diffusion", "concurrency": 1, "requests": 8,
-                               "throughput_tokens_per_s": 2000},
-                              {"role": "diffusion", "model": "m-diffusion", "concurrency": 16, "requests": 8,
-                               "throughput_tokens_per_s": 2400}]}
+def alone(role: str, c: int, tps: float, static: float) -> dict:
+    return {"role": role, "model": f"m-{role}", "concurrency": c, "requests": 8, "throughput_tokens_per_s": tps,
+            "static_tokens_per_s": static}
+
+
+def test_ratios_and_tables_come_from_the_rows():
+    report = {"seconds_per_level": 5, "concurrency": [1, 32],
+              "rows": [served("isd", 1, 1000), served("isd", 32, 1500), served("d2f", 1, 500),
+                       served("d2f", 32, 2000), served("ar", 1, 250), served("ar", 32, 1000)],
+              "engine_only": [alone("isd", 1, 1100, 1000), alone("isd", 32, 2000, 1600)]}
     r = ratios(report)
-    assert r["batching_gain_16_over_1"] == pytest.approx({"diffusion": 1.5, "block-diffusion": 4.0, "ar": 4.0})
-    assert r["diffusion_over_ar"] == pytest.approx({"1": 4.0, "16": 1.5})
-    assert r["block_diffusion_over_ar"] == pytest.approx({"1": 2.0, "16": 2.0})
+    assert r["http_gain"] == pytest.approx({"isd": 1.5, "d2f": 4.0, "ar": 4.0})
+    assert r["over_ar"]["isd"] == pytest.approx({"1": 4.0, "32": 1.5})
+    assert r["http_over_engine"]["isd"] == pytest.approx(0.75) and r["http_over_engine"]["d2f"] is None
+    assert r["engine_over_static"]["isd"] == pytest.approx(1.25)
     md = serve_markdown(report)
-    assert "- engine alone, 16 in flight over 1, diffusion: 1.20x" in md
-    assert "- block diffusion over AR throughput at 16 clients: 2.00x" in md
-    assert "Server CPU threads: m-diffusion 1, m-block-diffusion 1, m-ar 1" in md
+    assert "| isd | 1.50x | 1.82x | 0.75x | 1.25x | 4.00x | 1.50x |" in md
+    assert "| d2f | 4.00x | n/a | n/a | n/a | 2.00x | 2.00x |" in md
+    assert "Server CPU threads: m-isd 1, m-d2f 1, m-ar 1" in md
 
 
 def test_engine_params_match_what_the_server_builds_from_the_same_body():
-    p = params_for(OPTIONS["diffusion"], 48)
-    assert p.options == {**OPTIONS["diffusion"], "max_new_tokens": 48}
+    extra = DECODERS["mdm threshold+delayed"][1]
+    assert params_for(extra, 48).options == {**extra, "max_new_tokens": 48}
     body = {"strategy": "d2f", "threshold": 0.8, "add": 0.2, "activate": 0.9, "cache": "exact", "max_tokens": 20}
     assert params_for(body, 48).options == {"strategy": "d2f", "threshold": 0.8, "add": 0.2, "activate": 0.9,
-                                            "cache": "exact", "max_new_tokens": 20} | {"max_tokens": None} - {} \
-        if False else {"strategy": "d2f", "threshold": 0.8, "add": 0.2, "activate": 0.9, "cache": "exact",
-                       "max_new_tokens": 20}
+                                            "cache": "exact", "max_new_tokens": 20}
+
+
+def test_every_decoder_is_benchmarked():
+    strategies = {extra.get("strategy") for _, extra in DECODERS.values()}
+    assert {"threshold", "factor", "low_confidence", "verifier", "isd"} <= strategies
+    models = {m for m, _ in DECODERS.values()}
+    assert {"sort-mdm", "sort-d2f", "sort-ar", "sort-isd"} <= models

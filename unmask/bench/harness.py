@@ -163,7 +163,7 @@ def add_sdtt_teacher(names: dict[str, str], loaded: dict[str, torch.nn.Module]) 
         return
     names["sdtt-teacher"] = loaded["sdtt"].meta.get("teacher") or names["diffusion"]
     same = names["sdtt-teacher"] == names["diffusion"]
-    loaded["sdtt-teacher"] = loaded["diffusion"] if same else load_model(names["sdtt-teacher"])
+    loaded["sdtt-teacher"] = loaded["diffusion"] if same else load_model(names["sdtt-teacher"], device=next(loaded["diffusion"].parameters()).device)
 
 
 def check_same_task(tasks: dict[str, SortTask]) -> SortTask:
@@ -179,14 +179,16 @@ def check_same_task(tasks: dict[str, SortTask]) -> SortTask:
 
 
 def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict[str, str] | None = None,
-              text_models: dict[str, str] | None = None, with_text: bool = True) -> dict[str, Any]:
-    """Measure every setting, write bench.json / bench.md / bench.png into `out_dir`, return the JSON dict."""
+              text_models: dict[str, str] | None = None, with_text: bool = True, device: str = "cpu"
+              ) -> dict[str, Any]:
+    """Measure every setting, write bench.json / bench.md / bench.png into `out_dir`, return the JSON dict.
+    device: where the sort models run (the text part stays on the CPU)."""
     from unmask.bench.report import markdown, summarise, write_report
     from unmask.bench.text import run_text
 
     t_start = time.perf_counter()
     names = {**DEFAULT_MODELS, **available(OPTIONAL_MODELS), **(models or {})}
-    loaded = {role: load_model(path) for role, path in names.items()}
+    loaded = {role: load_model(path, device=device) for role, path in names.items()}
     add_sdtt_teacher(names, loaded)
     for m in loaded.values():  # the same thread rule as `unmask generate/eval/serve` (unmask/threads.py)
         choose_threads(m)
@@ -219,7 +221,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
         same = sum(a == b for a, b in zip(outputs["isd"], outputs["isd-ar"]))
         next(r for r in results if r["key"] == "isd")["identical_to_ar_greedy"] = f"{same}/{len(outputs['isd'])}"
 
-    report = {"quick": quick, "environment": env, "models": names,
+    report = {"quick": quick, "environment": env, "device": device, "models": names,
               "task": {"name": task.name, "min_len": task.min_len, "max_len": task.max_len,
                        "max_value": task.max_value, "max_window": task.max_window},
               "protocol": {"eval_limit": limit, "eval_batch_size": EVAL_BATCH, "examples_per_bucket": k,

@@ -1,12 +1,12 @@
 """`unmask bench --serve`: concurrent streaming clients against a real `unmask serve` process.
 
-For the diffusion model, the block-diffusion (D2F) model and their AR twin in turn, the same closed-loop
-load: C clients, each sending held-out sort prompts one after another for a fixed time, streaming the
-answer. Reported per model and concurrency: throughput (completion tokens/s over the window), time to
-first token and latency p50/p99, and failed requests. All models are served by the same engine, so the
-ratios are engine-for-engine.
-Then the same prompts go straight into the engine, no HTTP (bench/engine_only.py), to show what batching
-buys the engine itself on this machine.
+Every decoder (DECODERS: each of sort-mdm's rules and caches, early commit, the verifier, D2F, block
+diffusion with its exact cache, ISD and the AR twin) under the same closed-loop load: C clients, each
+sending held-out sort prompts one after another for a fixed time, streaming the answer. Reported per
+decoder and concurrency: throughput (completion tokens/s over the window), time to first token and
+latency p50/p99, and failed requests. Every decoder is served by the same engine, so the ratios are
+engine-for-engine. Then the same prompts go straight into the engine, no HTTP (bench/engine_only.py),
+with C in flight and in static batches of C, to show what batching buys the engine itself here.
 """
 from __future__ import annotations
 
@@ -25,16 +25,25 @@ from typing import Any, Iterator
 import httpx
 
 from unmask.bench.engine_only import engine_only
-from unmask.bench.settings import TAU
 from unmask.evaluation import task_of
 from unmask.models.checkpoints import load_model
 
-CONCURRENCY = (1, 4, 16, 32)
-SERVE_MODELS = {"diffusion": "sort-mdm", "block-diffusion": "sort-d2f", "ar": "sort-ar"}
-# sort-mdm: Fast-dLLM's threshold rule with blocks of 16, as the README's serving figures were measured
-# (the server's default would be the model's own default). sort-d2f and the AR twin: their defaults
-# (the D2F pipeline with exact caches; greedy with a KV cache).
-OPTIONS = {"diffusion": {"strategy": "threshold", "threshold": TAU, "block_size": 16, "cache": "dual"}}
+CONCURRENCY = (1, 8, 32)
+# Every decoder, each on the bundled model it is made for: (model, the request's extra body fields).
+# sort-mdm's default is Fast-dLLM's threshold rule at 0.9 (entropy) with the dual cache; the verifier vets
+# threshold 0.7 commits with sort-ar-small (the server loads it once at start).
+DECODERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mdm default": ("sort-mdm", {}),
+    "mdm threshold+prefix": ("sort-mdm", {"strategy": "threshold", "cache": "prefix"}),
+    "mdm threshold+delayed": ("sort-mdm", {"strategy": "threshold", "cache": "delayed"}),
+    "mdm factor+dual": ("sort-mdm", {"strategy": "factor", "cache": "dual"}),
+    "mdm vanilla+early commit": ("sort-mdm", {"strategy": "low_confidence", "early_commit": True}),
+    "mdm verifier": ("sort-mdm", {"strategy": "verifier"}),
+    "d2f": ("sort-d2f", {}),
+    "bd threshold+exact": ("sort-bd", {"strategy": "threshold", "cache": "exact"}),
+    "isd": ("sort-isd", {"strategy": "isd"}),
+    "ar": ("sort-ar", {}),
+}
 
 
 def free_port() -> int:
@@ -44,12 +53,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(model: str, max_running: int) -> Iterator[str]:
+def serving(model: str, max_running: int, device: str = "cpu") -> Iterator[str]:
     """An `unmask serve` child process on a free local port; its base URL while the block runs."""
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     proc = subprocess.Popen([sys.executable, "-m", "unmask.cli", "serve", "--model", model, "--port", str(port),
-                             "--max-running", str(max_running)], env=env,
+                             "--max-running", str(max_running), "--device", device], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -131,32 +140,38 @@ async def load(base: str, name: str, prompts: list[str], extra: dict[str, Any], 
 
 
 def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, seconds: float | None = None,
-                    concurrency: tuple[int, ...] = CONCURRENCY, models: dict[str, str] | None = None,
-                    roles: tuple[str, ...] = tuple(SERVE_MODELS)) -> dict[str, Any]:
+                    concurrency: tuple[int, ...] = CONCURRENCY, decoders: tuple[str, ...] | None = None,
+                    device: str = "cpu") -> dict[str, Any]:
+    """Every decoder (or those named) over HTTP at each concurrency, then in the engine alone."""
     from unmask.bench.serving_report import write_serve_report
 
-    names = {role: name for role, name in {**SERVE_MODELS, **(models or {})}.items() if role in roles}
-    seconds = seconds or (5.0 if quick else 20.0)
-    task = task_of(load_model(next(iter(names.values()))))
+    chosen = {role: DECODERS[role] for role in (decoders or tuple(DECODERS))}
+    seconds = seconds or (3.0 if quick else 10.0)
+    task = task_of(load_model(next(iter(chosen.values()))[0]))
     prompts = [ex.prompt for ex in task.test_examples[:200]]
     rows = []
-    for role, model in names.items():
-        extra = OPTIONS.get(role, {})
-        with serving(model, max(concurrency)) as base:
-            asyncio.run(load(base, Path(model).name, prompts[:4], extra, 1, 1.0))  # warm-up, untimed
+    by_model: dict[str, list[str]] = {}
+    for role, (model, _) in chosen.items():
+        by_model.setdefault(model, []).append(role)
+    for model, roles in by_model.items():  # one server per model, every decoder of it in turn
+        with serving(model, max(concurrency), device) as base:
             threads = httpx.get(base + "/health", timeout=5).json().get("threads")
-            for c in concurrency:
-                if progress:
-                    print(f"unmask bench --serve: {model} at {c} clients for {seconds:.0f} s", file=sys.stderr)
-                row = asyncio.run(load(base, Path(model).name, prompts, extra, c, seconds))
-                rows.append({"role": role, "model": model, "options": extra, "server_threads": threads, **row})
+            for role in roles:
+                extra = chosen[role][1]
+                asyncio.run(load(base, model, prompts[:4], extra, 1, 1.0))  # warm-up, untimed
+                for c in concurrency:
+                    if progress:
+                        print(f"unmask bench --serve: {role} ({model}) at {c} clients for {seconds:.0f} s",
+                              file=sys.stderr)
+                    row = asyncio.run(load(base, model, prompts, extra, c, seconds))
+                    rows.append({"role": role, "model": model, "options": extra, "server_threads": threads, **row})
     alone = []
-    for role, model in names.items():
+    for role, (model, extra) in chosen.items():
         if progress:
-            print(f"unmask bench --serve: {model} in the engine alone (no HTTP)", file=sys.stderr)
-        extra = OPTIONS.get(role, {})
-        alone += [{"role": role, **row} for row in engine_only(model, extra, concurrency, 32 if quick else 128)]
-    report = {"seconds_per_level": seconds, "concurrency": list(concurrency), "models": names,
+            print(f"unmask bench --serve: {role} ({model}) in the engine alone (no HTTP)", file=sys.stderr)
+        alone += [{"role": role, **row}
+                  for row in engine_only(model, extra, concurrency, 64 if quick else 192, device)]
+    report = {"seconds_per_level": seconds, "concurrency": list(concurrency), "decoders": chosen, "device": device,
               "prompts": "held-out sort prompts, cycled", "rows": rows, "engine_only": alone}
     write_serve_report(report, out_dir)
     return report

@@ -68,7 +68,7 @@ def build_pass(works: list[Work], tables: list[torch.Tensor], pool: PagedKVCache
 def pass_mask(works: list[Work], positions: torch.Tensor, n: list[int], K: int, attention: str,
               block_size: int | None, dev: torch.device) -> torch.Tensor | None:
     """`# (B, 1, Lq, K)`: the model's rule over key columns [0, keys_i), or the row's own mask; a padded
-    query sees key 0 only (its output is dropped, but softmax needs one finite key)."""
+    query sees at least key 0 (its output is dropped, but softmax needs one finite key)."""
     B, Lq = positions.shape
     keys = torch.tensor([w.keys for w in works], device=dev)
     explicit = [i for i, w in enumerate(works) if w.mask is not None]
