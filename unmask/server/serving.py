@@ -65,8 +65,7 @@ class AsyncEngine:
                 self.drop_cancelled()
                 busy = self.engine.has_work()
                 outs = self.engine.step() if busy else []
-                for out in outs:
-                    self.deliver(out)
+                self.deliver_all(outs)
                 self.metrics.observe_engine(self.engine)
             if not busy:
                 self.wake.wait(timeout=0.5)
@@ -96,6 +95,20 @@ class AsyncEngine:
             if self.subs.pop(rid, None) is not None:
                 self.engine.cancel(rid)
                 self.metrics.requests.labels(outcome="cancelled").inc()
+
+    def deliver_all(self, outs: list[RequestOutput]) -> None:
+        """One step's outputs, handed to each event loop in one call: one wake-up per step, not per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        for out in outs:
+            sub = self.subs.get(out.request_id)
+            if sub is None:
+                continue
+            if out.finished:
+                del self.subs[out.request_id]
+                self.metrics.observe_request(sub.request)
+            by_loop.setdefault(sub.loop, []).append((sub.queue, out))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(put_all, items)
 
     def deliver(self, out: RequestOutput) -> None:
         sub = self.subs.get(out.request_id)
@@ -133,3 +146,8 @@ class AsyncEngine:
         finally:
             if not done:
                 self.cancel(sub.request.request_id)
+
+
+def put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for q, out in items:
+        q.put_nowait(out)
