@@ -5,14 +5,11 @@ import time
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from unmask.data import get_task
 from unmask.data.sort import SortTask
-from unmask.decode.spec import SEED_LIMIT, Namer, python_name
-from unmask.engine.engine import Engine
-from unmask.engine.request import SamplingParams
-from unmask.models.paged_cache import PAGE, PagedKVCache
+from unmask.decode.spec import Namer, python_name
+from unmask.generation import decode_requests
 
 # Fresh examples from the training distribution (never a held-out prompt) for choosing settings, so the
 # held-out split only ever reports: `unmask eval --split validation`.
@@ -73,32 +70,18 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, limit: int | None =
         options["max_new_tokens"] = task.max_window
     tok = model.tokenizer
     prompts = [task.prompt_ids(tok, ex.prompt) for ex in examples]
-    seed = options.pop("seed", None)
-    params = [SamplingParams(namer, **options, seed=None if seed is None else (seed + i) % SEED_LIMIT)
-              for i in range(len(examples))]
-    engine = Engine(model, max_running=batch_size,
-                    max_tokens=batch_size * PagedKVCache.pages_needed(model.config.max_seq_len) * PAGE)
-    prepared = [engine.prepare(p, q) for p, q in zip(prompts, params)]  # every refusal before any work
-    rows = [row for _, row in prepared]
-    t0 = time.perf_counter()
-    for req, row in prepared:
-        engine.add_prepared(req, row)
-    with tqdm(total=len(examples), disable=not progress, desc="eval", leave=False) as bar:
-        while engine.has_work():
-            bar.update(sum(out.finished for out in engine.step()))
-    seconds = time.perf_counter() - t0
-    reqs = [req for req, _ in prepared]
-    failed = [r for r in reqs if r.finish_reason == "error"]
-    if failed:
-        raise RuntimeError(f"decoding failed: {failed[0].error}")
+    done = decode_requests(model, prompts, options, namer, max_running=batch_size,
+                           progress="eval" if progress else None)
+    reqs, rows, seconds = done.requests, done.rows, done.seconds
     outputs = [tok.decode(r.output_ids) for r in reqs]
     correct = sum(task.score(text, ex) for text, ex in zip(outputs, examples))
     tokens = sum(len(r.output_ids) + row.ended_with_eos for r, row in zip(reqs, rows))
     row_forwards = sum(row.passes for row in rows)
     n = len(examples)
-    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": prepared[0][0].decoding.strategy, "split": split,
+    return {"task": task.name, "model": getattr(model, "name", "?"), "strategy": reqs[0].decoding.strategy,
+            "split": split,
             "n": n, "accuracy": correct / n, "nfe_mean": row_forwards / n, "solo_nfe_mean": row_forwards / n,
-            "forward_passes": engine.runner.passes, "tokens_per_forward": tokens / row_forwards,
+            "forward_passes": done.passes, "tokens_per_forward": tokens / row_forwards,
             "tokens_per_second": tokens / seconds, "seconds": seconds, "batch_size": batch_size,
             "max_new_tokens": options["max_new_tokens"], "outputs": outputs}
 

@@ -6,16 +6,20 @@ a batch is a set of requests stepped together, so each row gets the tokens it ge
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from unmask.decode.result import GenerationResult
+from unmask.decode.rows import Row
 from unmask.decode.rows.blocks import BlockRow
 from unmask.decode.spec import DEFAULT_DECODING, SEED_LIMIT, Namer, python_name
 from unmask.engine.engine import Engine
 from unmask.engine.request import Request, SamplingParams
-from unmask.models.paged_cache import PAGE
+from unmask.models.paged_cache import PAGE, PagedKVCache
 
 
 def default_decoding(model: torch.nn.Module) -> dict[str, Any]:
@@ -51,36 +55,52 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, *, prompt_mask: t
     """
     options.setdefault("max_new_tokens", 64)
     prompts = row_prompts(prompt_ids, prompt_mask)
+    t0 = time.perf_counter()
+    done = decode_requests(model, prompts, options, namer, max_running=len(prompts))
+    return result_of(model, done, time.perf_counter() - t0)
+
+
+@dataclass
+class Decoded:
+    requests: list[Request]
+    rows: list[Row]
+    passes: int  # forward passes of the model
+    seconds: float  # stepping the engine, after every request was prepared
+
+
+def decode_requests(model: torch.nn.Module, prompts: list[list[int]], options: dict[str, Any], namer: Namer,
+                    max_running: int, progress: str | None = None) -> Decoded:
+    """Decode every prompt through one engine with at most `max_running` in flight (a finished request's
+    slot refilled at once); prompt i samples with seed + i. Every refusal comes before any work; a request
+    that fails raises RuntimeError. `progress`: a tqdm label, or None for no bar."""
+    options = dict(options)
     seed = options.pop("seed", None)
     params = [SamplingParams(namer, **options, seed=None if seed is None else (seed + i) % SEED_LIMIT)
               for i in range(len(prompts))]
+    engine = Engine(model, max_running=max_running,
+                    max_tokens=max_running * PagedKVCache.pages_needed(model.config.max_seq_len) * PAGE)
+    prepared = [engine.prepare(p, q) for p, q in zip(prompts, params)]
+    if len(prepared) <= max_running:
+        engine.fit(sum(req.footprint for req, _ in prepared))  # KV storage for exactly this batch
     t0 = time.perf_counter()
-    engine = Engine(model, max_running=len(prompts), max_tokens=len(prompts) * (model.config.max_seq_len + PAGE))
-    prepared = [engine.prepare(p, q) for p, q in zip(prompts, params)]  # refusals before any work
-    engine.fit(sum(req.footprint for req, _ in prepared))  # KV storage for exactly this batch
     for req, row in prepared:
         engine.add_prepared(req, row)
-    rows = [row for _, row in prepared]
-    while engine.has_work():
-        engine.step()
+    with tqdm(total=len(prepared), disable=progress is None, desc=progress, leave=False) as bar:
+        while engine.has_work():
+            bar.update(sum(out.finished for out in engine.step()))
+    seconds = time.perf_counter() - t0
     failed = [req for req, _ in prepared if req.finish_reason == "error"]
     if failed:
         raise RuntimeError(f"decoding failed: {failed[0].error}")
-    return result_of(model, [req for req, _ in prepared], rows, engine.runner.passes, time.perf_counter() - t0)
+    return Decoded([req for req, _ in prepared], [row for _, row in prepared], engine.runner.passes, seconds)
 
 
-def result_of(model: torch.nn.Module, reqs: list[Request], rows: list, passes: int, seconds: float
-              ) -> GenerationResult:
-    seqs = [req.output_ids for req in reqs]
+def result_of(model: torch.nn.Module, done: Decoded, seconds: float) -> GenerationResult:
+    seqs = [req.output_ids for req in done.requests]
     width = max(len(s) for s in seqs)
-    pad = model.pad_token_id
-    tokens = torch.tensor([s + [pad] * (width - len(s)) for s in seqs],
+    tokens = torch.tensor([s + [model.pad_token_id] * (width - len(s)) for s in seqs],
                           dtype=torch.long).reshape(len(seqs), width)  # (B, width)
-    steps: list[int] = []
-    for row in rows:
-        if isinstance(row, BlockRow):
-            steps = [max(a, b) for a, b in zip(steps, row.steps_used)] + steps[len(row.steps_used):] \
-                + row.steps_used[len(steps):]
-    return GenerationResult(tokens, [len(s) for s in seqs], [r.ended_with_eos for r in rows], passes, seconds,
-                            steps_per_block=steps, solo_nfe=[r.passes for r in rows])
-
+    block_rows = [row.steps_used for row in done.rows if isinstance(row, BlockRow)]
+    steps = [max(col) for col in zip_longest(*block_rows, fillvalue=0)]  # per block, the most any row took
+    return GenerationResult(tokens, [len(s) for s in seqs], [r.ended_with_eos for r in done.rows], done.passes,
+                            seconds, steps_per_block=steps, solo_nfe=[r.passes for r in done.rows])

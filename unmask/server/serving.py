@@ -111,13 +111,7 @@ class AsyncEngine:
             loop.call_soon_threadsafe(put_all, items)
 
     def deliver(self, out: RequestOutput) -> None:
-        sub = self.subs.get(out.request_id)
-        if sub is None:
-            return
-        if out.finished:
-            del self.subs[out.request_id]
-            self.metrics.observe_request(sub.request)
-        sub.loop.call_soon_threadsafe(sub.queue.put_nowait, out)
+        self.deliver_all([out])
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Subscription:
         """Queue a request (ValueError if it cannot run) and subscribe to its outputs."""
