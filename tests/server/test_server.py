@@ -17,10 +17,7 @@ import torch
 
 import unmask
 from unmask.bench.serving import free_port
-from unmask.engine.engine import Engine
-from unmask.engine.request import SamplingParams
 from unmask.evaluation import prompt_for
-from unmask.server.serving import AsyncEngine
 
 
 def start_server(model: str, *extra: str):
@@ -195,22 +192,3 @@ def test_a_block_diffusion_model_serves_concurrent_d2f_requests_as_generate_deco
                                                                                   "cache": "dual"})
     for p, a in zip(prompts, answers):
         assert a == expected("sort-d2f", p), p
-
-
-def test_a_new_request_never_waits_for_the_engine_lock(trained_mdm):
-    """The engine thread holds the lock through each step; submitting must not block the event loop on it."""
-    engine = AsyncEngine(Engine(unmask.load_model(str(trained_mdm[0]))))
-
-    async def submit_while_locked() -> float:
-        with engine.lock:  # as during a step
-            t0 = time.perf_counter()
-            engine.submit([5, 6, 7], SamplingParams(max_new_tokens=8))
-            return time.perf_counter() - t0
-
-    result: list[float] = []
-    worker = threading.Thread(target=lambda: result.append(asyncio.run(submit_while_locked())),
-                                            daemon=True)
-    worker.start()
-    worker.join(timeout=5)
-    assert result and result[0] < 1.0, "submit blocked on the engine lock"
-    assert engine.submitted.qsize() == 1

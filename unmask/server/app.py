@@ -1,6 +1,7 @@
 """FastAPI routes only: parse, hand to `serving`, shape the OpenAI response. Errors are OpenAI-style bodies."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,11 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from unmask.engine.engine import Engine
 from unmask.evaluation import prompt_for
 from unmask.server.protocol import (ChatRequest, CompletionRequest, DecodingFields, chat_body, completion_body,
                                     error_body, new_id, usage)
-from unmask.server.serving import AsyncEngine, Subscription
+from unmask.server.serving import SHUTTING_DOWN, AsyncEngine, Subscription
 
 
 class APIError(Exception):
@@ -30,16 +30,15 @@ class APIError(Exception):
 def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_tokens: int = 16384,
                verifiers: dict[str, torch.nn.Module] | None = None) -> FastAPI:
     """The server for `model`; `verifiers`: the AR models requests of strategy 'verifier' may name (loaded once)."""
-    engine = AsyncEngine(Engine(model, max_running=max_running, max_tokens=max_tokens, verifiers=verifiers,
-                                load_verifiers=False))
+    engine = AsyncEngine(model, max_running=max_running, max_tokens=max_tokens, verifiers=verifiers)
     tok = model.tokenizer
     started = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
+        await asyncio.to_thread(engine.start)
         yield
-        engine.stop()  # after uvicorn's graceful drain: whatever is left is cancelled
+        await asyncio.to_thread(engine.stop)  # after uvicorn's graceful drain: whatever is left is cancelled
 
     app = FastAPI(title="unmask", lifespan=lifespan)
     app.state.engine = engine
@@ -91,6 +90,8 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
                 break  # leaving the loop cancels the request
         if out is None or not out.finished:
             return Response(status_code=499)
+        if out.finish_reason == "aborted":
+            raise APIError(503, out.error or SHUTTING_DOWN, "server_error")
         if out.finish_reason == "error":
             raise APIError(500, f"generation failed: {out.error}", "server_error")
         return JSONResponse(shape(rid, name, tok.decode(ids), finish_reason(out.finish_reason), usage(n_prompt, len(ids))))
@@ -100,8 +101,9 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
         ids: list[int] = []
         sent = ""
         async for out in engine.outputs(sub):
-            if out.finish_reason == "error":
-                yield f"data: {json.dumps(error_body(f'generation failed: {out.error}', 'server_error'))}\n\n"
+            if out.finish_reason in ("error", "aborted"):
+                message = out.error if out.finish_reason == "aborted" else f"generation failed: {out.error}"
+                yield f"data: {json.dumps(error_body(message or SHUTTING_DOWN, 'server_error'))}\n\n"
                 break
             ids += out.new_token_ids
             text = tok.decode(ids)
@@ -139,9 +141,12 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
                                             "kind": model.config.kind}]}
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": name, "running": engine.engine.running,
-                "waiting": engine.engine.queue_length, "threads": torch.get_num_threads()}
+    async def health() -> Response:
+        if not engine.accepting:
+            return JSONResponse({"status": "unavailable", "model": name, "reason": engine.failure or SHUTTING_DOWN},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "model": name, "running": engine.running, "waiting": engine.waiting,
+                "threads": engine.threads})
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from unmask.engine.engine import Engine
 from unmask.engine.request import Request
+from unmask.server.engine_core import CoreStats
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -25,12 +25,11 @@ class Metrics:
         self.first_token = Histogram("unmask_time_to_first_token_seconds", "Arrival to first token", registry=r,
                                      buckets=LATENCY_BUCKETS)
 
-    def observe_engine(self, engine: Engine) -> None:
-        s = engine.stats
+    def observe_engine(self, s: CoreStats) -> None:
         self.forwards.set(s.forward_passes)
         self.tokens_per_forward.set(s.tokens_generated / s.row_forwards if s.row_forwards else 0.0)
-        self.queue.set(engine.queue_length)
-        self.running.set(engine.running)
+        self.queue.set(s.waiting)
+        self.running.set(s.running)
 
     def observe_request(self, req: Request) -> None:
         self.requests.labels(outcome=req.finish_reason or "unknown").inc()

@@ -1,24 +1,31 @@
-"""Request -> engine -> (streamed) response. One background thread drives the engine; each request
-waits on its own asyncio queue, fed from that thread, so the event loop never runs a forward pass.
+"""Request -> engine process -> (streamed) response, on the API process's side.
+
+The engine runs in its own process (server/engine_core.py says why). Here a request is validated
+(the same `Engine.prepare` the engine runs, so a bad one is a 400 before anything streams), sent to
+the engine process, and each of its outputs is handed to the request's asyncio queue by one reader
+thread, one call per event loop per engine step. The event loop never waits for the engine.
 
 Streaming emits each step's newly final tokens: for diffusion the longest prefix of the answer that
 is fully committed (tokens are committed out of order within a block; nothing is sent until
-everything before it is final), for AR every token. Text is decoded from the token prefix each time
-and the new suffix sent, so multi-byte tokens never split.
+everything before it is final), for AR every token.
 """
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from unmask.decode.rows import Row
+import torch
+import torch.multiprocessing as mp
+
 from unmask.engine.engine import Engine
 from unmask.engine.request import Request, RequestOutput, SamplingParams
+from unmask.server.engine_core import Add, Cancel, CoreConfig, CoreStats, Ready, Step, Stop, run_core
 from unmask.server.metrics import Metrics
+
+SHUTTING_DOWN = "the server is shutting down"
 
 
 @dataclass
@@ -28,106 +35,141 @@ class Subscription:
     loop: asyncio.AbstractEventLoop
 
 
-class AsyncEngine:
-    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
-        self.engine = engine
-        self.metrics = metrics or Metrics()
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
-        self.subs: dict[str, Subscription] = {}
-        # New requests and cancellations go through the engine thread: the event loop must never wait for
-        # the engine's lock, which the engine thread holds through each step (tens of ms at 16 rows) and
-        # takes again right after it; waiting there would stall every other client's stream.
-        self.submitted: queue.SimpleQueue[tuple[Request, Row]] = queue.SimpleQueue()
-        self.cancelled: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
+class EngineUnavailable(RuntimeError):
+    """The engine cannot take requests now (shutting down, or its process died): a 503."""
 
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.loop, name="unmask-engine", daemon=True)
-        self.thread.start()
+
+class AsyncEngine:
+    """The API process's handle on the engine process: submit, stream outputs, cancel, stop."""
+
+    def __init__(self, model: torch.nn.Module, *, max_running: int = 32, max_tokens: int = 16384,
+                 verifiers: dict[str, torch.nn.Module] | None = None, metrics: Metrics | None = None) -> None:
+        self.model = model
+        self.verifiers = dict(verifiers or {})
+        # Validation only: it runs `prepare`, never a step, so it allocates no KV storage.
+        self.validator = Engine(model, max_running=max_running, max_tokens=max_tokens, verifiers=self.verifiers,
+                                load_verifiers=False)
+        self.config = CoreConfig(max_running, max_tokens, torch.get_num_threads())
+        self.metrics = metrics or Metrics()
+        self.stats = CoreStats()
+        self.subs: dict[str, Subscription] = {}
+        self.send_lock = threading.Lock()
+        self.accepting = False
+        self.failure: str | None = None  # why the engine process stopped, once it has
+        self.process: mp.Process | None = None
+        self.reader: threading.Thread | None = None
+        self.threads = self.config.threads
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def start(self, timeout: float = 300.0) -> None:
+        """Start the engine process and wait until it can take requests."""
+        ctx = mp.get_context("spawn")  # fork would copy the API process's threads' locks mid-use
+        core_in, self.to_core = ctx.Pipe(duplex=False)
+        self.from_core, core_out = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=run_core, name="unmask-engine", daemon=True,
+                                   args=(self.model, self.verifiers, self.config, core_in, core_out))
+        self.process.start()
+        core_in.close()
+        core_out.close()
+        if not self.from_core.poll(timeout):
+            raise RuntimeError(f"the engine process did not start within {timeout:.0f} s")
+        try:
+            ready = self.from_core.recv()
+        except EOFError:
+            self.process.join(5)
+            raise RuntimeError(f"the engine process exited at start (exit code {self.process.exitcode})") from None
+        assert isinstance(ready, Ready)
+        self.threads = ready.threads
+        self.accepting = True
+        self.reader = threading.Thread(target=self.read_outputs, name="unmask-engine-reader", daemon=True)
+        self.reader.start()
 
     def stop(self) -> None:
-        """Cancel whatever is still in flight and stop the engine thread."""
-        self.stopping.set()
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout=30)
-        with self.lock:
-            for rid in list(self.subs):
-                self.engine.cancel(rid)
-                self.deliver(RequestOutput(rid, [], True, "cancelled"))
+        """Stop the engine process; whatever is still in flight ends with a clean 'shutting down' error."""
+        self.accepting = False
+        if self.process is not None and self.process.is_alive():
+            self.send(Stop())
+            self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=5)
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        self.abort_all(SHUTTING_DOWN)
 
-    def loop(self) -> None:
-        while not self.stopping.is_set():
-            with self.lock:
-                self.take_submitted()
-                self.drop_cancelled()
-                busy = self.engine.has_work()
-                outs = self.engine.step() if busy else []
-                self.deliver_all(outs)
-                self.metrics.observe_engine(self.engine)
-            if not busy:
-                self.wake.wait(timeout=0.5)
-                self.wake.clear()
-            else:
-                time.sleep(0)  # a bare Lock is not fair: let a submit waiting for it in between steps
+    def abort_all(self, message: str) -> None:
+        """End every request still in flight with `message` (finish reason 'aborted')."""
+        for rid in list(self.subs):
+            self.deliver_all([RequestOutput(rid, [], True, "aborted", message)])
 
-    def take_submitted(self) -> None:
-        """Queue requests the event loop prepared (engine thread, under the lock)."""
-        while True:
-            try:
-                req, row = self.submitted.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.engine.add_prepared(req, row)
-            except ValueError as err:
-                self.deliver(RequestOutput(req.request_id, [], True, "error", str(err)))
-
-    def drop_cancelled(self) -> None:
-        """Free the slots of requests whose clients left (engine thread, under the lock)."""
-        while True:
-            try:
-                rid = self.cancelled.get_nowait()
-            except queue.Empty:
-                return
-            if self.subs.pop(rid, None) is not None:
-                self.engine.cancel(rid)
-                self.metrics.requests.labels(outcome="cancelled").inc()
+    # -- the engine process's outputs ---------------------------------------------------------------
+    def read_outputs(self) -> None:
+        """Reader thread: each Step from the engine process, to the requests' queues."""
+        try:
+            while True:
+                msg = self.from_core.recv()
+                if isinstance(msg, Step):
+                    self.stats = msg.stats
+                    self.metrics.observe_engine(msg.stats)
+                    self.deliver_all(msg.outputs)
+        except (EOFError, OSError):
+            pass
+        self.accepting = False
+        if self.process is not None:
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            if code not in (0, None):
+                self.failure = f"the engine process stopped (exit code {code})"
+                self.abort_all(self.failure)
 
     def deliver_all(self, outs: list[RequestOutput]) -> None:
         """One step's outputs, handed to each event loop in one call: one wake-up per step, not per request."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        now = time.monotonic()
         for out in outs:
-            sub = self.subs.get(out.request_id)
+            sub = self.subs.pop(out.request_id, None) if out.finished else self.subs.get(out.request_id)
             if sub is None:
                 continue
+            req = sub.request
+            if out.new_token_ids:
+                req.first_token_at = req.first_token_at or now
+                req.output_ids += out.new_token_ids
             if out.finished:
-                del self.subs[out.request_id]
-                self.metrics.observe_request(sub.request)
+                req.finish_reason, req.finished_at, req.error = out.finish_reason, now, out.error
+                self.metrics.observe_request(req)
             by_loop.setdefault(sub.loop, []).append((sub.queue, out))
         for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(put_all, items)
+            try:
+                loop.call_soon_threadsafe(put_all, items)
+            except RuntimeError:  # that event loop has closed: nobody is waiting there any more
+                pass
 
-    def deliver(self, out: RequestOutput) -> None:
-        self.deliver_all([out])
-
+    # -- requests -----------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Subscription:
-        """Queue a request (ValueError if it cannot run) and subscribe to its outputs."""
-        if self.stopping.is_set():
-            raise RuntimeError("the server is shutting down")
-        req, row = self.engine.prepare(prompt_ids, params)  # validation needs no lock: it changes nothing
+        """Queue a request (ValueError if it cannot run, EngineUnavailable if nothing can) and subscribe."""
+        if not self.accepting:
+            raise EngineUnavailable(self.failure or SHUTTING_DOWN)
+        req, _ = self.validator.prepare(prompt_ids, params)
         sub = Subscription(req, asyncio.Queue(), asyncio.get_running_loop())
         self.subs[req.request_id] = sub
-        self.submitted.put((req, row))
-        self.wake.set()
+        if not self.accepting:  # the engine stopped while this was being checked
+            self.subs.pop(req.request_id, None)
+            raise EngineUnavailable(self.failure or SHUTTING_DOWN)
+        self.send(Add(req.request_id, list(prompt_ids), params))
         return sub
 
     def cancel(self, request_id: str) -> None:
-        """Ask the engine thread to drop a request; returns at once."""
-        self.cancelled.put(request_id)
-        self.wake.set()
+        """Drop a request whose client left; returns at once."""
+        if self.subs.pop(request_id, None) is not None:
+            self.metrics.requests.labels(outcome="cancelled").inc()
+            self.send(Cancel(request_id))
+
+    def send(self, msg: Add | Cancel | Stop) -> None:
+        try:
+            with self.send_lock:  # one pipe, written from every event loop
+                self.to_core.send(msg)
+        except (OSError, ValueError):  # the engine process is gone; the reader reports it
+            pass
 
     async def outputs(self, sub: Subscription) -> AsyncIterator[RequestOutput]:
         """Each step's news until the request ends; leaving early (client gone) cancels it."""
@@ -140,6 +182,14 @@ class AsyncEngine:
         finally:
             if not done:
                 self.cancel(sub.request.request_id)
+
+    @property
+    def running(self) -> int:
+        return self.stats.running
+
+    @property
+    def waiting(self) -> int:
+        return self.stats.waiting
 
 
 def put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
