@@ -104,6 +104,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive", type=float, default=75.0,
                    help="seconds an idle HTTP connection stays open (default 75: longer than the 60 s idle timeout of "
                         "common load balancers, so they, not we, close it)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests that may wait for a slot; past --max-running plus this a request gets a 503")
+    p.add_argument("--api-key", default=os.environ.get("UNMASK_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every route but /health and /metrics "
+                        "(default: $UNMASK_API_KEY, else none)")
+    p.add_argument("--max-body", type=float, default=8.0, help="largest request body in MB; larger ones get a 413")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive (else 408)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send its request headers (else it is closed)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="on SIGTERM/Ctrl-C, seconds requests in flight may run on before they end with an error")
     return ap
 
 
@@ -267,10 +279,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from unmask.decode.strategies.verifier import check_pair
     from unmask.server.app import create_app
+    from unmask.server.http_server import serve_app
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be between 1 and 65535, not {args.port}")
@@ -278,6 +289,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError("--max-running and --max-tokens must be at least 1")
     if args.keep_alive <= 0:
         raise UserError(f"--keep-alive must be above 0 seconds, not {args.keep_alive}")
+    for flag, value in (("--max-body", args.max_body), ("--body-timeout", args.body_timeout),
+                        ("--header-timeout", args.header_timeout)):
+        if not value > 0:
+            raise UserError(f"{flag} must be above 0, not {value}")
+    if args.max_queue < 0 or args.shutdown_grace < 0:
+        raise UserError("--max-queue and --shutdown-grace must be 0 or more")
+    if args.api_key is not None and not args.api_key.strip():
+        raise UserError("--api-key is empty: give a key, or leave the option (and $UNMASK_API_KEY) out")
     model = load(args.model, threads=args.threads, device=args.device)
     if model.tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer.json, so it cannot serve text")
@@ -294,13 +313,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     for verifier in verifiers.values():
         check_pair(model, verifier)
     name = Path(args.model).name if Path(args.model).exists() else args.model
-    app = create_app(model, name, max_running=args.max_running, max_tokens=args.max_tokens, verifiers=verifiers)
-    # SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish for up to 10 s, then the
-    # app's shutdown cancels whatever is left and stops the engine thread.
+    app = create_app(model, name, max_running=args.max_running, max_tokens=args.max_tokens, verifiers=verifiers,
+                     max_queue=args.max_queue, api_key=args.api_key, max_body=int(args.max_body * 1e6),
+                     body_timeout=args.body_timeout)
     # Keep-alive: uvicorn's 5 s default closes a connection a client may be reusing at that very moment,
     # and the client sees "Server disconnected"; a client pausing a few seconds between requests is common.
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=10, timeout_keep_alive=args.keep_alive,
-                log_level="info")
+    serve_app(app, app.state.engine, host=args.host, port=args.port, keep_alive=args.keep_alive,
+              header_timeout=args.header_timeout, grace=args.shutdown_grace)
 
 
 COMMANDS = {"models": cmd_models, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench,

@@ -81,3 +81,32 @@ def test_char_tokenizer_round_trip_and_errors():
     assert tok.decode([tok.pad_token_id, tok.mask_token_id, tok.eos_token_id, tok.sep_token_id]) == "_"
     with pytest.raises(ValueError, match="not in this model's vocabulary"):
         tok.encode("café")
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_removed_by_the_next_save(tmp_path):
+    dead = tmp_path / ".model.safetensors.999999999.x1y2"  # no such pid
+    live = tmp_path / f".model.safetensors.{1}.a1b2"  # pid 1 exists: a writer still at work
+    dead.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"in progress")
+    save_model(random_model("ar", seed=1), CharTokenizer(), tmp_path)
+    assert not dead.exists() and live.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".config.json.")]
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda folder: (folder / "config.json").write_text(json.dumps({"format": "unmask"})), "no 'model' section"),
+    (lambda folder: (folder / "config.json").write_text("{not json"), "is not valid JSON"),
+    (lambda folder: save_model(random_model("ar", seed=1, dim=48), CharTokenizer(), folder.parent / "other")
+     or (folder / "model.safetensors").write_bytes((folder.parent / "other" / "model.safetensors").read_bytes()),
+     "does not fit"),
+])
+def test_a_broken_folder_is_one_sentence_not_a_traceback(tmp_path, breakage, message, capsys):
+    folder = tmp_path / "m"
+    save_model(random_model("ar", seed=1), CharTokenizer(), folder)
+    breakage(folder)
+    with pytest.raises(ValueError, match=message) as err:
+        unmask.load_model(folder)
+    assert "\n" not in str(err.value)
+    from unmask.cli import main
+    assert main(["generate", "--model", str(folder), "--prompt", "sort: 3 1"]) == 2
+    assert message in capsys.readouterr().err

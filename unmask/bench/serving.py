@@ -159,6 +159,7 @@ def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, second
     by_model: dict[str, list[str]] = {}
     for role, (model, _) in chosen.items():
         by_model.setdefault(model, []).append(role)
+    alone = []
     for model, roles in by_model.items():  # one server per model, every decoder of it in turn
         with serving(model, max(concurrency), device) as base:
             threads = httpx.get(base + "/health", timeout=5).json().get("threads")
@@ -171,12 +172,11 @@ def run_serve_bench(*, quick: bool, out_dir: Path, progress: bool = True, second
                               file=sys.stderr)
                     row = asyncio.run(load(base, model, prompts, extra, c, seconds))
                     rows.append({"role": role, "model": model, "options": extra, "server_threads": threads, **row})
-    alone = []
-    for role, (model, extra) in chosen.items():
-        if progress:
-            print(f"unmask bench --serve: {role} ({model}) in the engine alone (no HTTP)", file=sys.stderr)
-        alone += [{"role": role, **row}
-                  for row in engine_only(model, extra, concurrency, 64 if quick else 192, device)]
+                # Right after its HTTP runs, while the server idles: this machine's speed drifts over minutes.
+                if progress:
+                    print(f"unmask bench --serve: {role} ({model}) in the engine alone (no HTTP)", file=sys.stderr)
+                alone += [{"role": role, **r} for r in engine_only(model, extra, concurrency, 64 if quick else 192,
+                                                                   device)]
     report = {"seconds_per_level": seconds, "concurrency": list(concurrency), "decoders": chosen, "device": device,
               "prompts": "held-out sort prompts, cycled", "rows": rows, "engine_only": alone}
     write_serve_report(report, out_dir)

@@ -32,6 +32,7 @@ APPROXIMATE = ("prefix", "dual", "delayed")
 DEFAULT_BLOCK_SIZE = 32
 DELAYED_REFRESH = 8  # dKV-Cache's refresh interval
 SEED_LIMIT = 2 ** 64
+INT_LIMIT = 2 ** 31 - 1  # a count option's largest value
 MIN_TEMPERATURE = 1e-3  # below it sampling overflows (logits / T): use 0 for greedy
 
 
@@ -212,6 +213,8 @@ def check_value(opt: Option, value: Any, namer: Namer) -> Any:
         raise ValueError(f"{name} must be {'above' if opt.open_low else 'at least'} {fmt(opt.low)}, not {value}")
     if opt.high is not None and (value > opt.high or (opt.open_high and value == opt.high)):
         raise ValueError(f"{name} must be {'below' if opt.open_high else 'at most'} {fmt(opt.high)}, not {value}")
+    if opt.kind is int and opt.high is None and value > INT_LIMIT:  # counts index tensors: keep them int32
+        raise ValueError(f"{name} must be at most {INT_LIMIT}, not {value}")
     if opt.name == "temperature" and 0 < value < MIN_TEMPERATURE:
         raise ValueError(f"{name} must be 0 (greedy) or at least {MIN_TEMPERATURE}, not {value}")
     return value

@@ -39,9 +39,13 @@ class ModelInfo:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
+    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file.
+
+    The temporary file's name carries the writer's pid: one left by a writer that was killed (no
+    `finally` runs on SIGKILL) is removed by the next write, one of a live writer is left alone."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.")
     os.close(fd)
     try:
         write(tmp)
@@ -49,6 +53,23 @@ def atomic_write(path: Path, write: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    for tmp in path.parent.glob(f".{path.name}.*"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def save_model(model: Transformer, tokenizer: Tokenizer, folder: str | Path, meta: dict[str, Any] | None = None) -> None:
@@ -76,7 +97,13 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / CONFIG_FILE).read_text())
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{folder / CONFIG_FILE} must hold a JSON object, not {type(raw).__name__}")
+    return raw
 
 
 def load_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
@@ -93,11 +120,20 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype | No
         from unmask.models.hf import load_published
 
         return load_published(folder, dtype=dtype, device=device)
-    cfg = ModelConfig.from_dict(raw["model"])
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    if not isinstance(raw.get("model"), dict):
+        raise ValueError(f"{folder / CONFIG_FILE} has no 'model' section (the architecture save_model writes)")
+    try:
+        cfg = ModelConfig.from_dict(raw["model"])
+        with torch.device("meta"):
+            model = Transformer(cfg)
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"{folder / CONFIG_FILE} does not describe a model: {err}") from None
     state = dict(iter_tensors(folder / WEIGHTS_FILE, dtype=dtype or DEFAULT_DTYPE, device=device))
-    model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
+    try:
+        model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
+    except RuntimeError as err:  # torch lists every mismatch over many lines: name the first
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(f"{folder / WEIGHTS_FILE} does not fit {folder / CONFIG_FILE}: {detail}") from None
     if cfg.tie_embeddings:
         model.head.weight = model.embed.weight
     # RoPE tables are not saved, and stay float32 whatever the weights' dtype

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unmask.evaluation import prompt_for
+from unmask.server.guards import Guards
 from unmask.server.protocol import (ChatRequest, CompletionRequest, DecodingFields, chat_body, completion_body,
                                     error_body, new_id, usage)
 from unmask.server.serving import SHUTTING_DOWN, AsyncEngine, Subscription
@@ -28,9 +29,15 @@ class APIError(Exception):
 
 
 def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_tokens: int = 16384,
-               verifiers: dict[str, torch.nn.Module] | None = None) -> FastAPI:
-    """The server for `model`; `verifiers`: the AR models requests of strategy 'verifier' may name (loaded once)."""
-    engine = AsyncEngine(model, max_running=max_running, max_tokens=max_tokens, verifiers=verifiers)
+               verifiers: dict[str, torch.nn.Module] | None = None, max_queue: int = 256, api_key: str | None = None,
+               max_body: int = 8 << 20, body_timeout: float = 30.0) -> FastAPI:
+    """The server for `model`; `verifiers`: the AR models requests of strategy 'verifier' may name (loaded once).
+
+    Past `max_running` + `max_queue` requests a new one is a 503; with `api_key` every route but /health and
+    /metrics needs 'Authorization: Bearer <api_key>'; a body over `max_body` bytes is a 413, one slower
+    than `body_timeout` seconds a 408 (server/guards.py)."""
+    engine = AsyncEngine(model, max_running=max_running, max_tokens=max_tokens, verifiers=verifiers,
+                         max_queue=max_queue)
     tok = model.tokenizer
     started = int(time.time())
 
@@ -41,6 +48,7 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
         await asyncio.to_thread(engine.stop)  # after uvicorn's graceful drain: whatever is left is cancelled
 
     app = FastAPI(title="unmask", lifespan=lifespan)
+    app.add_middleware(Guards, api_key=api_key, max_body=max_body, body_timeout=body_timeout)
     app.state.engine = engine
 
     @app.exception_handler(APIError)

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from unmask.engine.engine import Engine
 from unmask.engine.request import Request, RequestOutput, SamplingParams
-from unmask.server.engine_core import Add, Cancel, CoreConfig, CoreStats, Ready, Step, Stop, run_core
+from unmask.server.engine_core import Add, Cancel, CoreConfig, CoreStats, Ready, Step, Stop, run_core, widen_pipe
 from unmask.server.metrics import Metrics
 
 SHUTTING_DOWN = "the server is shutting down"
@@ -43,7 +43,8 @@ class AsyncEngine:
     """The API process's handle on the engine process: submit, stream outputs, cancel, stop."""
 
     def __init__(self, model: torch.nn.Module, *, max_running: int = 32, max_tokens: int = 16384,
-                 verifiers: dict[str, torch.nn.Module] | None = None, metrics: Metrics | None = None) -> None:
+                 verifiers: dict[str, torch.nn.Module] | None = None, max_queue: int = 256,
+                 metrics: Metrics | None = None) -> None:
         self.model = model
         self.verifiers = dict(verifiers or {})
         # Validation only: it runs `prepare`, never a step, so it allocates no KV storage.
@@ -54,7 +55,9 @@ class AsyncEngine:
         self.stats = CoreStats()
         self.subs: dict[str, Subscription] = {}
         self.send_lock = threading.Lock()
+        self.max_queue = max_queue  # requests that may wait for a slot beyond the max_running in flight
         self.accepting = False
+        self.draining = False  # shutting down: requests in flight run on, new ones are refused
         self.failure: str | None = None  # why the engine process stopped, once it has
         self.process: mp.Process | None = None
         self.reader: threading.Thread | None = None
@@ -65,6 +68,7 @@ class AsyncEngine:
         """Start the engine process and wait until it can take requests."""
         ctx = mp.get_context("spawn")  # fork would copy the API process's threads' locks mid-use
         core_in, self.to_core = ctx.Pipe(duplex=False)
+        widen_pipe(self.to_core)
         self.from_core, core_out = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=run_core, name="unmask-engine", daemon=True,
                                    args=(self.model, self.verifiers, self.config, core_in, core_out))
@@ -147,8 +151,11 @@ class AsyncEngine:
     # -- requests -----------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Subscription:
         """Queue a request (ValueError if it cannot run, EngineUnavailable if nothing can) and subscribe."""
-        if not self.accepting:
+        if not self.accepting or self.draining:
             raise EngineUnavailable(self.failure or SHUTTING_DOWN)
+        if len(self.subs) >= self.config.max_running + self.max_queue:
+            raise EngineUnavailable(f"the server is full ({self.config.max_running} requests running and "
+                                    f"{self.max_queue} waiting, unmask serve --max-queue); try again later")
         req, _ = self.validator.prepare(prompt_ids, params)
         sub = Subscription(req, asyncio.Queue(), asyncio.get_running_loop())
         self.subs[req.request_id] = sub
