@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -18,7 +18,8 @@ from unmask.models.paged_cache import PAGE, PagedKVCache, first_parameter
 
 @dataclass
 class EngineStats:
-    """Running totals for /metrics: plain numbers, read by the server."""
+    """Running totals: plain counters, never lists (a server runs for months; latency distributions are
+    the server's bounded Prometheus histograms)."""
 
     requests_finished: int = 0
     requests_failed: int = 0
@@ -26,8 +27,6 @@ class EngineStats:
     tokens_generated: int = 0
     forward_passes: int = 0
     row_forwards: int = 0  # each step's requests, summed: tokens per forward a request took part in
-    latencies_s: list[float] = field(default_factory=list)
-    first_token_s: list[float] = field(default_factory=list)
 
 
 def check_prompt(model: torch.nn.Module, prompt_len: int, max_new_tokens: int, namer: Namer = python_name) -> None:
@@ -170,7 +169,6 @@ class Engine:
         if out.new_token_ids:
             if req.first_token_at is None:
                 req.first_token_at = time.monotonic()
-                self.stats.first_token_s.append(req.first_token_at - req.arrival)
             req.output_ids += out.new_token_ids
             self.stats.tokens_generated += len(out.new_token_ids)
         if out.finished:
@@ -180,7 +178,6 @@ class Engine:
                 self.stats.requests_failed += 1
             else:
                 self.stats.requests_finished += 1
-                self.stats.latencies_s.append(req.finished_at - req.arrival)
 
     def finish(self, req: Request, reason: str) -> None:
         req.status, req.finish_reason, req.finished_at = Status.FINISHED, reason, time.monotonic()

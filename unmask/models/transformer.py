@@ -40,13 +40,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x `# (B, H, L, D)`, positions `# (B, L)`."""
-        cos = self.cos[positions].unsqueeze(1)  # (B, 1, L, D)
-        sin = self.sin[positions].unsqueeze(1)
-        x1, x2 = x.float().chunk(2, dim=-1)
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at `positions` `# (B, L)`, each `# (B, 1, L, D)`: gathered once per forward, used by every layer."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x `# (B, H, L, D)` rotated by `tables` (from `tables(positions)`)."""
+        cos, sin = tables
+        xf = x.float()
+        x1, x2 = xf.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
-        return (x.float() * cos + rotated * sin).to(x.dtype)
+        return (xf * cos + rotated * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -58,14 +62,14 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, positions: torch.Tensor,
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, rot: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int | torch.Tensor, extent: int
                 ) -> torch.Tensor:
         B, L, _ = x.shape
         q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = self.wk(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         v = self.wv(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rope(q, positions), rope(k, positions)
+        q, k = rope(q, rot), rope(k, rot)
         if cache is not None:
             k, v = cache.update(layer, start, k, v, extent)  # (B, Hkv, extent, D)
         if self.n_kv_heads != self.n_heads:
@@ -94,9 +98,10 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, positions: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int, start: int | torch.Tensor, extent: int) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, positions, mask, cache, layer, start, extent)
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, rot: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int | torch.Tensor, extent: int
+                ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, rot, mask, cache, layer, start, extent)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -191,8 +196,9 @@ class Transformer(nn.Module):
         if mask is None:
             mask = attention_mask(cfg.attention, positions, k_pos, k_valid, cfg.block_size, q_slot, k_slot)
         x = self.embed(input_ids)
+        rot = self.rope.tables(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, self.rope, positions, mask, cache, i, start, extent)
+            x = layer(x, self.rope, rot, mask, cache, i, start, extent)
         if cache is not None:
             cache.length = extent
         return self.head(self.norm(x)).float()
@@ -204,6 +210,7 @@ class Transformer(nn.Module):
             raise ValueError(f"position {int(positions.max())} is beyond this model's context of "
                              f"{self.config.max_seq_len}")
         x = self.embed(input_ids)
+        rot = self.rope.tables(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, self.rope, positions, attn_mask, kv, i, 0, 0)
+            x = layer(x, self.rope, rot, attn_mask, kv, i, 0, 0)
         return self.head(self.norm(x)).float()
