@@ -51,6 +51,9 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="unmask", description="Fast diffusion language models: generate, evaluate, train, benchmark.")
+    from unmask import __version__
+
+    ap.add_argument("--version", action="version", version=f"unmask {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list bundled models")
     p.add_argument("--json", action="store_true")

@@ -39,7 +39,13 @@ def prompt_for(model: torch.nn.Module, text: str) -> tuple[list[int], int]:
     task = task_of(model) if getattr(model, "task", None) else None
     if isinstance(task, SortTask):
         return task.prompt_ids(model.tokenizer, text), task.max_window  # the text, then [SEP]
-    return model.tokenizer.encode(text), 64
+    return model.tokenizer.encode(text), default_new_tokens(model)
+
+
+def default_new_tokens(model: torch.nn.Module) -> int:
+    """How many tokens to generate when a request names no length: the task's answer window, else 64."""
+    task = task_of(model) if getattr(model, "task", None) else None
+    return task.max_window if isinstance(task, SortTask) else 64
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ def long_request() -> SamplingParams:
 async def first_then_rest(engine: AsyncEngine, then) -> list:
     sub = engine.submit([5, 6, 7], long_request())
     outs = []
-    async for out in engine.outputs(sub):
+    async for out in engine.outputs([sub]):
         if not outs:
             await asyncio.to_thread(then)
         outs.append(out)
@@ -36,7 +36,7 @@ async def first_then_rest(engine: AsyncEngine, then) -> list:
 def test_answers_match_generate_and_a_bad_request_is_refused_before_it_runs(engine, trained_mdm):
     async def ask():
         sub = engine.submit([5, 6, 7], SamplingParams(max_new_tokens=8, block_size=8))
-        return [t for out in [o async for o in engine.outputs(sub)] for t in out.new_token_ids]
+        return [t for out in [o async for o in engine.outputs([sub])] for t in out.new_token_ids]
 
     ref = unmask.generate(unmask.load_model(str(trained_mdm[0])), torch.tensor([[5, 6, 7]]), max_new_tokens=8,
                           block_size=8)

@@ -100,7 +100,13 @@ BAD = [
     (b'{"model": "MODEL", "prompt": ""}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "strategy": "nope"}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "threshold": -2}', 400),
-    (b'{"model": "MODEL", "prompt": "sort: 1", "n": 3}', 400),
+    (b'{"model": "MODEL", "prompt": "sort: 1", "n": 17}', 400),
+    (b'{"model": "MODEL", "prompt": "sort: 1", "best_of": 2}', 400),
+    (b'{"model": "MODEL", "prompt": "sort: 1", "logprobs": 1}', 400),  # refused until it is honoured
+    (b'{"model": "MODEL", "prompt": "sort: 1", "echo": true}', 400),
+    (b'{"model": "MODEL", "prompt": "sort: 1", "stop": [""]}', 400),
+    (b'{"model": "MODEL", "prompt": [99999]}', 400),
+    (b'{"model": "MODEL", "prompt": []}', 400),
     (b'{"model": "MODEL"}', 400),
 ]
 

@@ -39,6 +39,21 @@ def check_prompt(model: torch.nn.Module, prompt_len: int, max_new_tokens: int, n
                          f"is {total}, more than this model's context of {context}")
 
 
+MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
+
+
+def check_stop(stop: tuple[str, ...], model: torch.nn.Module, namer: Namer) -> None:
+    """Refuse stop strings the engine cannot honour, with one sentence (ValueError)."""
+    if not stop:
+        return
+    if len(stop) > MAX_STOP:
+        raise ValueError(f"stop takes at most {MAX_STOP} strings, not {len(stop)}")
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError("stop must be non-empty strings")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("stop needs the model's tokenizer, and this model has none")
+
+
 class Engine:
     """Continuous batching over the decoding rows: requests join and leave between steps.
 
@@ -72,6 +87,7 @@ class Engine:
         """Validate a request and build its row without changing the engine, so another thread may call it
         while a step runs (the server does); ValueError with one sentence if it cannot run."""
         d = resolve(self.model.config, params.options, params.namer)
+        check_stop(params.stop, self.model, params.namer)
         check_prompt(self.model, len(prompt_ids), d.max_new_tokens, params.namer)
         d = self.with_verifier(d)
         if generator is None and d.seed is not None:
@@ -156,11 +172,20 @@ class Engine:
                 outs.append(RequestOutput(req.request_id, [], True, "error", str(res)))
             elif res is not None:
                 req.nfe = self.runner.rows[req.request_id].passes
-                outs.append(RequestOutput(req.request_id, res.new_tokens, res.finished,
-                                          res.reason if res.finished else None))
+                finished, reason = res.finished, res.reason if res.finished else None
+                if req.params.stop and not finished and self.hits_stop(req, res.new_tokens):
+                    finished, reason = True, "stop"  # its later blocks are never computed
+                outs.append(RequestOutput(req.request_id, res.new_tokens, finished, reason, nfe=req.nfe))
         for out in outs:
             self.postprocess(out)
         return outs
+
+    def hits_stop(self, req: Request, new_tokens: list[int]) -> bool:
+        """Whether the answer's final text, with this step's tokens, holds one of the request's stop strings."""
+        if not new_tokens:
+            return False
+        text = self.model.tokenizer.decode(req.output_ids + list(new_tokens))
+        return any(s in text for s in req.params.stop)
 
     def row(self, request_id: str) -> Row | None:
         return self.runner.rows.get(request_id) or self.waiting_rows.get(request_id)

@@ -23,12 +23,15 @@ class SamplingParams:
     unmask/decode/spec.py checks and resolves them when the engine prepares the request. `namer` says
     how a refusal names an option (a Python keyword, a CLI flag, an HTTP field)."""
 
-    def __init__(self, namer: Namer = python_name, **options: Any) -> None:
+    def __init__(self, namer: Namer = python_name, stop: tuple[str, ...] = (), **options: Any) -> None:
         self.options = {k: v for k, v in options.items() if v is not None}
         self.namer = namer
+        # End the answer once its final text holds one of these (OpenAI's `stop`); the text is cut before it.
+        self.stop = tuple(stop)
 
     def __repr__(self) -> str:
-        return f"SamplingParams({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+        shown = {**self.options, **({"stop": self.stop} if self.stop else {})}
+        return f"SamplingParams({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 @dataclass
@@ -61,3 +64,4 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None = None
     error: str | None = None
+    nfe: int = 0  # forward passes of its model the request has taken part in so far

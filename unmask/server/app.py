@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,11 +13,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from unmask.evaluation import prompt_for
+from unmask.evaluation import default_new_tokens, prompt_for
 from unmask.server.guards import Guards
-from unmask.server.protocol import (ChatRequest, CompletionRequest, DecodingFields, chat_body, completion_body,
-                                    error_body, new_id, usage)
-from unmask.server.serving import SHUTTING_DOWN, AsyncEngine, Subscription
+from unmask import __version__
+from unmask.server import completions
+from unmask.server.protocol import (ChatRequest, CompletionRequest, DecodingFields, DetokenizeRequest,
+                                    TokenizeRequest, error_body, new_id)
+from unmask.server.serving import SHUTTING_DOWN, AsyncEngine, EngineUnavailable, Subscription
+
+
+log = logging.getLogger("unmask.server")
 
 
 class APIError(Exception):
@@ -75,78 +79,116 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
             raise APIError(404, f"model {requested!r} is not served here; this server serves {name!r}",
                            code="model_not_found", param="model")
 
-    def submit(text: str, body: DecodingFields) -> tuple[Subscription, int]:
-        if not text:
+    def check_fields(body: DecodingFields) -> None:
+        refused = body.refused()
+        if refused:
+            raise APIError(400, refused)
+        if body.ignored():
+            log.warning("ignored unknown request fields: %s", ", ".join(body.ignored()))
+
+    def encode(prompt: str | list[int]) -> tuple[list[int], int]:
+        """Token ids and default answer length of a text or token-id prompt."""
+        if isinstance(prompt, list):
+            vocab = model.config.vocab_size
+            if not prompt or any(not 0 <= t < vocab for t in prompt):
+                raise APIError(400, f"a token-id prompt needs ids in [0, {vocab})", param="prompt")
+            return prompt, default_new_tokens(model)
+        if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt")
         try:
-            ids, default_new = prompt_for(model, text)
-            return engine.submit(ids, body.sampling_params(default_new)), len(ids)
+            return prompt_for(model, prompt)
         except ValueError as err:
+            raise APIError(400, str(err), param="prompt") from None
+
+    async def run(http: Request, body: DecodingFields, prompts: list[str | list[int]], kind: str,
+                  shape: completions.Shape) -> Response:
+        """Every prompt x n choices through the engine; one response (or one stream) for them all."""
+        check_fields(body)
+        rid = new_id("chatcmpl" if kind.startswith("chat") else "cmpl")
+        queue: asyncio.Queue = asyncio.Queue()
+        subs, choices, prompt_tokens = [], [], 0
+        try:
+            for prompt in prompts:
+                ids, default_new = encode(prompt)
+                prompt_tokens += len(ids)
+                for k in range(body.n):
+                    params = body.sampling_params(default_new, k)
+                    sub = engine.submit(ids, params, queue)
+                    subs.append(sub)
+                    choices.append(completions.Choice(len(choices), sub.request.request_id, len(ids), params.stop))
+        except ValueError as err:
+            cancel_all(subs)
             raise APIError(400, str(err)) from None
-        except RuntimeError as err:
+        except EngineUnavailable as err:
+            cancel_all(subs)
             raise APIError(503, str(err), "server_error") from None
-
-    async def respond(http: Request, sub: Subscription, n_prompt: int, stream: bool,
-                      shape: Callable[..., dict[str, Any]], rid: str) -> Response:
-        if stream:
-            return StreamingResponse(sse(sub, n_prompt, shape, rid), media_type="text/event-stream")
-        ids: list[int] = []
-        out = None
-        async for out in engine.outputs(sub):
-            ids += out.new_token_ids
+        outputs = engine.outputs(subs)
+        if body.stream:
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(completions.stream(outputs, choices, tok.decode, rid, name, kind + ".chunk"
+                                                        if kind.startswith("chat") else kind, shape, prompt_tokens,
+                                                        include), media_type="text/event-stream")
+        by_id = {c.request_id: c for c in choices}
+        async for out in outputs:
+            by_id[out.request_id].take(out)
             if await http.is_disconnected():
-                break  # leaving the loop cancels the request
-        if out is None or not out.finished:
-            return Response(status_code=499)
-        if out.finish_reason == "aborted":
-            raise APIError(503, out.error or SHUTTING_DOWN, "server_error")
-        if out.finish_reason == "error":
-            raise APIError(500, f"generation failed: {out.error}", "server_error")
-        return JSONResponse(shape(rid, name, tok.decode(ids), finish_reason(out.finish_reason), usage(n_prompt, len(ids))))
+                await outputs.aclose()  # cancels what is still running
+                return Response(status_code=499)
+        bad = completions.failure(choices)
+        if bad is not None and bad.kind == "aborted":
+            raise APIError(503, bad.error or SHUTTING_DOWN, "server_error")
+        if bad is not None:
+            raise APIError(500, f"generation failed: {bad.error}", "server_error")
+        body_out = completions.envelope(rid, name, kind, [shape(c, c.text(tok.decode), False) for c in choices])
+        body_out["usage"] = completions.usage(choices, prompt_tokens)
+        return JSONResponse(body_out)
 
-    async def sse(sub: Subscription, n_prompt: int, shape: Callable[..., dict[str, Any]], rid: str
-                  ) -> AsyncIterator[str]:
-        ids: list[int] = []
-        sent = ""
-        async for out in engine.outputs(sub):
-            if out.finish_reason in ("error", "aborted"):
-                message = out.error if out.finish_reason == "aborted" else f"generation failed: {out.error}"
-                yield f"data: {json.dumps(error_body(message or SHUTTING_DOWN, 'server_error'))}\n\n"
-                break
-            ids += out.new_token_ids
-            text = tok.decode(ids)
-            delta, sent = text[len(sent):], text
-            if delta or out.finished:
-                reason = finish_reason(out.finish_reason) if out.finished else None
-                use = usage(n_prompt, len(ids)) if out.finished else None
-                yield f"data: {json.dumps(shape(rid, name, delta, reason, use, chunk=True))}\n\n"
-        yield "data: [DONE]\n\n"
+    def cancel_all(subs: list[Subscription]) -> None:
+        for sub in subs:
+            engine.cancel(sub.request.request_id)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, http: Request) -> Response:
+    async def completions_route(body: CompletionRequest, http: Request) -> Response:
         check_model(body.model)
         prompt = body.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(400, "give one prompt per request (a list of exactly one string)", param="prompt")
-            prompt = prompt[0]
-        sub, n_prompt = submit(prompt, body)
-        return await respond(http, sub, n_prompt, body.stream, completion_body, new_id("cmpl"))
+        # one string, one id list: one prompt; a list of them: one answer (x n) each
+        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else list(prompt)
+        if not prompts:
+            raise APIError(400, "the prompt list is empty", param="prompt")
+        return await run(http, body, prompts, "text_completion", completion_choice)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: Request) -> Response:
         check_model(body.model)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
-            text = tok.apply_chat_template([m.model_dump() for m in body.messages], add_generation_prompt=True)
+            text = tok.apply_chat_template(messages, add_generation_prompt=True)
         except ValueError as err:
             raise APIError(400, str(err), param="messages") from None
-        sub, n_prompt = submit(text, body)
-        return await respond(http, sub, n_prompt, body.stream, chat_body, new_id("chatcmpl"))
+        return await run(http, body, [text], "chat.completion", chat_choice)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        check_model(body.model or name)
+        ids = encode(body.prompt)[0] if body.prompt else []
+        return {"tokens": ids, "count": len(ids), "max_model_len": model.config.max_seq_len}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        check_model(body.model or name)
+        vocab = model.config.vocab_size
+        if any(not 0 <= t < vocab for t in body.tokens):
+            raise APIError(400, f"token ids must be in [0, {vocab})", param="tokens")
+        return {"prompt": tok.decode(body.tokens)}
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "unmask",
-                                            "kind": model.config.kind}]}
+                                            "kind": model.config.kind, "max_model_len": model.config.max_seq_len}]}
 
     @app.get("/health")
     async def health() -> Response:
@@ -163,5 +205,13 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
     return app
 
 
-def finish_reason(reason: str | None) -> str:
-    return "stop" if reason == "stop" else "length" if reason == "length" else (reason or "stop")
+def completion_choice(c: completions.Choice, text: str, chunk: bool) -> dict[str, Any]:
+    return {"index": c.index, "text": text, "logprobs": None, "finish_reason": c.reason if c.finished else None}
+
+
+def chat_choice(c: completions.Choice, text: str, chunk: bool) -> dict[str, Any]:
+    reason = c.reason if c.finished else None
+    if chunk:
+        return {"index": c.index, "delta": {"role": "assistant", "content": text} if text else {},
+                "finish_reason": reason}
+    return {"index": c.index, "message": {"role": "assistant", "content": text}, "finish_reason": reason}

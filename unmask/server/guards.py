@@ -79,7 +79,7 @@ class Guards:
         while True:
             try:
                 msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
+            except asyncio.TimeoutError:  # (3.10: not yet the built-in TimeoutError)
                 await send_error(send, 408, f"the request body did not arrive within {self.body_timeout:g} s",
                                  "invalid_request_error", close=True)
                 return None

@@ -149,15 +149,17 @@ class AsyncEngine:
                 pass
 
     # -- requests -----------------------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Subscription:
-        """Queue a request (ValueError if it cannot run, EngineUnavailable if nothing can) and subscribe."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, queue: asyncio.Queue | None = None
+               ) -> Subscription:
+        """Queue a request (ValueError if it cannot run, EngineUnavailable if nothing can) and subscribe;
+        several requests (one per choice) may share one `queue`."""
         if not self.accepting or self.draining:
             raise EngineUnavailable(self.failure or SHUTTING_DOWN)
         if len(self.subs) >= self.config.max_running + self.max_queue:
             raise EngineUnavailable(f"the server is full ({self.config.max_running} requests running and "
                                     f"{self.max_queue} waiting, unmask serve --max-queue); try again later")
         req, _ = self.validator.prepare(prompt_ids, params)
-        sub = Subscription(req, asyncio.Queue(), asyncio.get_running_loop())
+        sub = Subscription(req, queue if queue is not None else asyncio.Queue(), asyncio.get_running_loop())
         self.subs[req.request_id] = sub
         if not self.accepting:  # the engine stopped while this was being checked
             self.subs.pop(req.request_id, None)
@@ -178,17 +180,19 @@ class AsyncEngine:
         except (OSError, ValueError):  # the engine process is gone; the reader reports it
             pass
 
-    async def outputs(self, sub: Subscription) -> AsyncIterator[RequestOutput]:
-        """Each step's news until the request ends; leaving early (client gone) cancels it."""
-        done = False
+    async def outputs(self, subs: list[Subscription]) -> AsyncIterator[RequestOutput]:
+        """Every step's news for requests sharing one queue, until all have ended; leaving early (the client
+        is gone) cancels those still running."""
+        left = {s.request.request_id for s in subs}
         try:
-            while not done:
-                out = await sub.queue.get()
-                done = out.finished
+            while left:
+                out = await subs[0].queue.get()
+                if out.finished:
+                    left.discard(out.request_id)
                 yield out
         finally:
-            if not done:
-                self.cancel(sub.request.request_id)
+            for rid in left:
+                self.cancel(rid)
 
     @property
     def running(self) -> int:

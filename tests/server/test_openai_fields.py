@@ -1,0 +1,100 @@
+"""OpenAI's request fields against `unmask serve`, with the official openai client: each honoured, or refused
+with a 400 naming it."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+import torch
+
+import unmask
+from unmask.evaluation import prompt_for
+from test_server import start_server
+
+PROMPT = "sort: 47 3 91 12 5 60 8 33 71 2"
+
+
+@pytest.fixture(scope="module")
+def served():
+    for base, name in start_server("sort-mdm"):
+        yield base, name, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+
+
+def alone(text: str, **options) -> str:
+    model = unmask.load_model("sort-mdm")
+    ids, default_new = prompt_for(model, text)
+    out = unmask.generate(model, torch.tensor([ids]), max_new_tokens=options.pop("max_new_tokens", default_new),
+                          **options)
+    return model.tokenizer.decode(out.sequences[0])
+
+
+def test_stop_cuts_the_answer_and_ends_the_request_early(served):
+    base, name, client = served
+    vanilla = {"strategy": "low_confidence", "block_size": 8}  # one token per pass: what stop saves shows
+    full = client.completions.create(model=name, prompt=PROMPT, extra_body=vanilla)
+    cut = client.completions.create(model=name, prompt=PROMPT, stop=[" 12"], extra_body=vanilla)
+    answer = full.choices[0].text
+    assert " 12" in answer and cut.choices[0].text == answer[:answer.index(" 12")]
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.usage.model_extra["forward_passes"] < full.usage.model_extra["forward_passes"]
+    streamed = client.completions.create(model=name, prompt=PROMPT, stop=" 12", stream=True, extra_body=vanilla)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == cut.choices[0].text
+
+
+def test_n_choices_and_prompt_lists_each_answer_as_alone(served):
+    _, name, client = served
+    res = client.completions.create(model=name, prompt=["sort: 5 1 3", "sort: 9 2"], n=2)
+    assert [c.index for c in res.choices] == [0, 1, 2, 3]
+    texts = [c.text for c in res.choices]
+    assert texts == [alone("sort: 5 1 3")] * 2 + [alone("sort: 9 2")] * 2  # greedy: the n copies agree
+    sampled = client.completions.create(model=name, prompt="sort: 5 1 3", n=3, temperature=1.0, seed=4,
+                                        extra_body={"strategy": "random"})
+    assert len(sampled.choices) == 3
+    assert [c.text for c in sampled.choices] == [alone("sort: 5 1 3", strategy="random", temperature=1.0, seed=s)
+                                                 for s in (4, 5, 6)]
+
+
+def test_token_id_prompts_equal_their_text(served):
+    _, name, client = served
+    ids, _ = prompt_for(unmask.load_model("sort-mdm"), "sort: 8 6 7")
+    by_ids = client.completions.create(model=name, prompt=ids)
+    assert by_ids.choices[0].text == alone("sort: 8 6 7")
+    assert by_ids.usage.prompt_tokens == len(ids)
+
+
+def test_chat_parts_roles_and_max_completion_tokens(served):
+    _, name, client = served
+    res = client.chat.completions.create(model=name, max_completion_tokens=12, messages=[
+        {"role": "developer", "content": "sort the list"},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": [{"type": "text", "text": "sort: 6 2 4"}]}])
+    assert res.choices[0].message.content == alone("sort: 6 2 4", max_new_tokens=12)
+    with pytest.raises(openai.BadRequestError, match="max_completion_tokens"):
+        client.chat.completions.create(model=name, max_tokens=8, max_completion_tokens=12,
+                                       messages=[{"role": "user", "content": "sort: 6 2 4"}])
+
+
+def test_stream_options_include_usage_ends_with_a_usage_chunk(served):
+    _, name, client = served
+    chunks = list(client.completions.create(model=name, prompt="sort: 5 1 3", stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].usage.model_extra["forward_passes"] >= 1
+
+
+def test_unknown_fields_are_ignored_and_unhonoured_ones_refused(served):
+    base, name, client = served
+    assert client.completions.create(model=name, prompt="sort: 5 1 3", extra_body={"frobnicate": 1}).choices
+    for field, value in (("logprobs", 2), ("echo", True), ("best_of", 3), ("suffix", "x")):
+        with pytest.raises(openai.BadRequestError, match=field):
+            client.completions.create(model=name, prompt="sort: 5 1 3", extra_body={field: value})
+
+
+def test_models_tokenize_detokenize_version(served):
+    base, name, _ = served
+    model = httpx.get(base + "/v1/models").json()["data"][0]
+    assert model["id"] == name and model["max_model_len"] == unmask.load_model("sort-mdm").config.max_seq_len
+    ids = httpx.post(base + "/tokenize", json={"model": name, "prompt": "sort: 3 1"}).json()["tokens"]
+    assert ids == prompt_for(unmask.load_model("sort-mdm"), "sort: 3 1")[0]
+    assert httpx.post(base + "/detokenize", json={"tokens": ids}).json()["prompt"].startswith("sort: 3 1")
+    assert httpx.get(base + "/version").json()["version"] == unmask.__version__
