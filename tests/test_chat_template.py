@@ -121,3 +121,14 @@ def test_char_models_use_the_last_user_message() -> None:
         "sort: 47 3 91"
     with pytest.raises(ValueError, match="no user message"):
         tok.apply_chat_template([{"role": "system", "content": "x"}])
+
+
+def test_a_template_survives_pickling_as_the_server_engine_process_needs():
+    import pickle
+
+    from unmask.chat_template import CHAR_CHAT_TEMPLATE, ChatTemplate
+
+    t = ChatTemplate(CHAR_CHAT_TEMPLATE, {"bos_token": "<s>"}, origin="test template")
+    back = pickle.loads(pickle.dumps(t))
+    messages = [{"role": "user", "content": "sort: 3 1"}]
+    assert back.render(messages) == t.render(messages) and back.origin == "test template"

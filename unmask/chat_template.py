@@ -69,6 +69,14 @@ class ChatTemplate:
         self.special_tokens = dict(special_tokens or {})
         self.origin = origin
 
+    # Pickled as its source (a compiled jinja template cannot be): the server's engine process gets the
+    # model, tokenizer and template by pickling.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source": self.source, "special_tokens": self.special_tokens, "origin": self.origin}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["source"], state["special_tokens"], origin=state["origin"])
+
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         from jinja2.exceptions import TemplateError
 

@@ -107,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive", type=float, default=75.0,
                    help="seconds an idle HTTP connection stays open (default 75: longer than the 60 s idle timeout of "
                         "common load balancers, so they, not we, close it)")
+    p.add_argument("--dtype", help="weights' dtype: float32 | bfloat16 | float16 (default: the checkpoint's)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model name clients send and /v1/models lists (default: the --model name)")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="a jinja chat template for /v1/chat/completions instead of the model's own")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait for a slot; past --max-running plus this a request gets a 503")
     p.add_argument("--api-key", default=os.environ.get("UNMASK_API_KEY"),
@@ -281,6 +286,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(json.dumps(report))
 
 
+def read_chat_template(path: str, tokenizer: object):
+    """`--chat-template FILE`, compiled now so a broken one stops the server before it starts."""
+    from unmask.chat_template import ChatTemplate
+
+    try:
+        source = Path(path).read_text()
+    except OSError as err:
+        raise UserError(f"cannot read --chat-template {path}: {err.strerror}") from None
+    old = getattr(tokenizer, "chat_template", None)
+    return ChatTemplate(source, getattr(old, "special_tokens", {}), origin=f"chat template {path}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from unmask.decode.strategies.verifier import check_pair
     from unmask.server.app import create_app
@@ -300,9 +317,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError("--max-queue and --shutdown-grace must be 0 or more")
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key is empty: give a key, or leave the option (and $UNMASK_API_KEY) out")
-    model = load(args.model, threads=args.threads, device=args.device)
+    model = load(args.model, dtype=args.dtype, threads=args.threads, device=args.device)
     if model.tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer.json, so it cannot serve text")
+    if args.chat_template:
+        model.tokenizer.chat_template = read_chat_template(args.chat_template, model.tokenizer)
     verifiers = {v: load(v, device=args.device) for v in args.verifier}
     if model.config.kind != "ar" and not verifiers:
         from unmask.decode.spec import PRESETS
@@ -315,7 +334,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             verifiers = {}
     for verifier in verifiers.values():
         check_pair(model, verifier)
-    name = Path(args.model).name if Path(args.model).exists() else args.model
+    name = args.served_model_name or (Path(args.model).name if Path(args.model).exists() else args.model)
+    if not name.strip():
+        raise UserError("--served-model-name is empty")
     app = create_app(model, name, max_running=args.max_running, max_tokens=args.max_tokens, verifiers=verifiers,
                      max_queue=args.max_queue, api_key=args.api_key, max_body=int(args.max_body * 1e6),
                      body_timeout=args.body_timeout)

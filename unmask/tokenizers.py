@@ -63,9 +63,9 @@ class CharTokenizer:
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt text of a chat: the last user message's content (see `CHAR_CHAT_TEMPLATE`)."""
-        if not hasattr(self, "_chat"):
-            self._chat = ChatTemplate(CHAR_CHAT_TEMPLATE, origin="built-in character-model chat template")
-        return self._chat.render(messages, add_generation_prompt)
+        if getattr(self, "chat_template", None) is None:  # unless `unmask serve --chat-template` gave one
+            self.chat_template = ChatTemplate(CHAR_CHAT_TEMPLATE, origin="built-in character-model chat template")
+        return self.chat_template.render(messages, add_generation_prompt)
 
     def save(self, folder: str | Path) -> None:
         spec = {"type": "unmask-char", "specials": list(self.specials), "chars": self.chars}

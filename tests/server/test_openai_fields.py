@@ -98,3 +98,25 @@ def test_models_tokenize_detokenize_version(served):
     assert ids == prompt_for(unmask.load_model("sort-mdm"), "sort: 3 1")[0]
     assert httpx.post(base + "/detokenize", json={"tokens": ids}).json()["prompt"].startswith("sort: 3 1")
     assert httpx.get(base + "/version").json()["version"] == unmask.__version__
+
+
+def test_served_model_name_chat_template_and_dtype(tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text("sort: {{ messages[-1]['content'] }}")
+    for base, _ in start_server("sort-mdm", "--served-model-name", "sorter", "--chat-template", str(template),
+                                "--dtype", "float32"):
+        assert httpx.get(base + "/v1/models").json()["data"][0]["id"] == "sorter"
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        res = client.chat.completions.create(model="sorter", messages=[{"role": "user", "content": "6 2 4"}])
+        assert res.choices[0].message.content == alone("sort: 6 2 4")
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="sort-mdm", prompt="sort: 1 2")
+
+
+def test_a_broken_chat_template_stops_serve_with_one_sentence(tmp_path, capsys):
+    from unmask.cli import main
+
+    template = tmp_path / "bad.jinja"
+    template.write_text("{% if %}")
+    assert main(["serve", "--model", "sort-mdm", "--chat-template", str(template)]) == 2
+    assert "does not parse" in capsys.readouterr().err
