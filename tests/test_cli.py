@@ -243,3 +243,15 @@ def test_d2f_flags_reach_the_pipeline(capsys):
     assert_user_error(code, err, "generate")
     code, _, err = run(capsys, "generate", "--model", "sort-d2f", "--prompt", prompt, "--activate", "0")
     assert_user_error(code, err, "generate")
+
+
+def test_generate_warns_on_a_prompt_outside_the_training_task(capsys):
+    from unmask.cli import main
+
+    assert main(["generate", "--model", "sort-ar", "--prompt", "sort: 31 7 18"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning:") and "has 3 numbers; this model was trained on 4 to" in err
+    assert main(["generate", "--model", "sort-ar", "--prompt", "sort: 31 7 18 999"]) == 0
+    assert "above 99" in capsys.readouterr().err
+    assert main(["generate", "--model", "sort-ar", "--prompt", "sort: 31 7 18 2"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -175,7 +175,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
     from unmask.decode.spec import flag_name
-    from unmask.evaluation import prompt_for
+    from unmask.evaluation import prompt_for, prompt_warning
     from unmask.generation import generate
 
     if not args.prompt:
@@ -191,6 +191,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     options = decoding_options(args)
     options.setdefault("max_new_tokens", default_new)
     out = generate(model, torch.tensor([ids]), namer=flag_name, **options)
+    warning = prompt_warning(model, args.prompt)  # after the run: a refused prompt gets the refusal alone
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     text = tok.decode(out.sequences[0])
     n = out.n_tokens
     record = {"text": text, "token_ids": out.sequences[0], "nfe": out.nfe, "seconds": out.seconds,

@@ -42,6 +42,12 @@ def prompt_for(model: torch.nn.Module, text: str) -> tuple[list[int], int]:
     return model.tokenizer.encode(text), default_new_tokens(model)
 
 
+def prompt_warning(model: torch.nn.Module, text: str) -> str | None:
+    """A sentence when a text prompt lies outside the model's training task (see SortTask.unfamiliar)."""
+    task = task_of(model) if getattr(model, "task", None) else None
+    return task.unfamiliar(text) if isinstance(task, SortTask) else None
+
+
 def default_new_tokens(model: torch.nn.Module) -> int:
     """How many tokens to generate when a request names no length: the task's answer window, else 64."""
     task = task_of(model) if getattr(model, "task", None) else None

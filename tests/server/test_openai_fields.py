@@ -120,3 +120,12 @@ def test_a_broken_chat_template_stops_serve_with_one_sentence(tmp_path, capsys):
     template.write_text("{% if %}")
     assert main(["serve", "--model", "sort-mdm", "--chat-template", str(template)]) == 2
     assert "does not parse" in capsys.readouterr().err
+
+
+def test_a_prompt_outside_the_training_task_is_answered_with_a_warning(served):
+    base, name, _ = served
+    r = httpx.post(base + "/v1/completions", json={"model": name, "prompt": "sort: 31 7 18"})
+    assert r.status_code == 200 and "has 3 numbers; this model was trained on 4 to" in r.headers["x-unmask-warning"]
+    assert r.json()["warnings"] == [r.headers["x-unmask-warning"]]
+    fine = httpx.post(base + "/v1/completions", json={"model": name, "prompt": "sort: 31 7 18 2 64"})
+    assert "x-unmask-warning" not in fine.headers and "warnings" not in fine.json()

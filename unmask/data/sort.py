@@ -45,6 +45,24 @@ class SortTask:
         """The same held-out split and default generation length; the training fill may differ."""
         return dataclasses.replace(self, fill_window=0) == dataclasses.replace(other, fill_window=0)
 
+    def unfamiliar(self, prompt: str) -> str | None:
+        """Why a prompt lies outside what a model of this task was trained on (one sentence), or None.
+
+        Such a model answers anything, but out of range its answer is often wrong (sort-ar answers
+        'sort: 31 7 18' with '7 7 18 31'): a user should be told, not left with a silent wrong answer."""
+        body = prompt.strip()
+        if not body.startswith("sort:"):
+            return "the prompt does not start with 'sort:', the form this model was trained on"
+        words = body[len("sort:"):].split()
+        if not all(w.isdigit() for w in words):
+            return "the list holds something other than whole numbers, which this model was never shown"
+        if not self.min_len <= len(words) <= self.max_len:
+            return (f"the list has {len(words)} numbers; this model was trained on {self.min_len} to "
+                    f"{self.max_len}, so its answer may well be wrong")
+        if any(int(w) > self.max_value for w in words):
+            return f"the list has numbers above {self.max_value}, the largest this model was trained on"
+        return None
+
     def example(self, rng: random.Random) -> Example:
         values = [rng.randint(0, self.max_value) for _ in range(rng.randint(self.min_len, self.max_len))]
         return Example("sort: " + " ".join(map(str, values)), " ".join(map(str, sorted(values))))

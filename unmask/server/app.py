@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from unmask.evaluation import default_new_tokens, prompt_for
+from unmask.evaluation import default_new_tokens, prompt_for, prompt_warning
 from unmask.server.guards import Guards
 from unmask import __version__
 from unmask.server import completions
@@ -107,6 +107,9 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
         rid = new_id("chatcmpl" if kind.startswith("chat") else "cmpl")
         queue: asyncio.Queue = asyncio.Queue()
         subs, choices, prompt_tokens = [], [], 0
+        # A prompt outside the model's training task still runs, but the client is told (header and field).
+        warnings = [w for p in prompts if isinstance(p, str) and (w := prompt_warning(model, p))]
+        headers = {"X-Unmask-Warning": "; ".join(warnings)} if warnings else None
         try:
             for prompt in prompts:
                 ids, default_new = encode(prompt)
@@ -127,7 +130,8 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
             include = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(completions.stream(outputs, choices, tok.decode, rid, name, kind + ".chunk"
                                                         if kind.startswith("chat") else kind, shape, prompt_tokens,
-                                                        include), media_type="text/event-stream")
+                                                        include), media_type="text/event-stream",
+                                     headers=headers)
         by_id = {c.request_id: c for c in choices}
         async for out in outputs:
             by_id[out.request_id].take(out)
@@ -141,7 +145,9 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
             raise APIError(500, f"generation failed: {bad.error}", "server_error")
         body_out = completions.envelope(rid, name, kind, [shape(c, c.text(tok.decode), False) for c in choices])
         body_out["usage"] = completions.usage(choices, prompt_tokens)
-        return JSONResponse(body_out)
+        if warnings:
+            body_out["warnings"] = warnings
+        return JSONResponse(body_out, headers=headers)
 
     def cancel_all(subs: list[Subscription]) -> None:
         for sub in subs:
