@@ -1,13 +1,11 @@
 """A real `unmask serve` process on 127.0.0.1, driven by the official openai client and raw HTTP."""
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import http.client
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import httpx

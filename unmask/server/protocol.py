@@ -9,7 +9,6 @@ unmask does not honour yet (`logprobs`, `top_logprobs`, `echo`, `suffix`, `best_
 """
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any, Literal
 
