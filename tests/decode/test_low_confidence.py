@@ -124,7 +124,7 @@ def test_unknown_strategy_and_parameters_are_refused(model):
     with pytest.raises(ValueError, match="known strategies"):
         unmask.generate(model, random_prompt(3, seed=0), strategy="nope")
     with pytest.raises(ValueError, match="does not take"):
-        unmask.generate(model, random_prompt(3, seed=0), strategy="low_confidence", top_k=3)
+        unmask.generate(model, random_prompt(3, seed=0), strategy="low_confidence", accept=0.3)
 
 
 class FavoursMask(torch.nn.Module):

@@ -320,3 +320,39 @@ def test_d2f_does_not_open_a_block_before_add():
     row.take(logits_for(8, {4: 40, 5: 41, 6: 42}))  # share 0.75, add 0.9
     row.end_step()
     assert row.work().keys == 8
+
+
+# -- top-k / top-p for every decoder that samples ------------------------------------------------------
+
+def test_filter_logits_keeps_the_top_k_and_the_nucleus():
+    from unmask.decode.sampling import filter_logits
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(logits, 2, None)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, None, 0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, None, 0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, None, 1.0)).all()
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("diffusion", dict(strategy="threshold", cache="dual", block_size=8)),
+    ("diffusion", dict(strategy="low_confidence", block_size=4)),
+    ("block-diffusion", dict(strategy="d2f")),
+    ("ar", dict(strategy="isd")),
+    ("ar", dict(strategy="ar")),
+])
+@pytest.mark.parametrize("filt", [dict(top_k=1), dict(top_p=1e-6)])
+def test_sampling_restricted_to_one_token_is_greedy_decoding(kind, options, filt):
+    """With top_k=1 (or a nucleus of one token) sampling at any temperature must give the greedy tokens."""
+    import unmask
+    from conftest import random_model, random_prompt
+
+    model = random_model(kind, seed=11, std=0.5, **({"ahead": 3} if options["strategy"] == "isd" else {}))
+    prompt = random_prompt(5, seed=3)
+    greedy = unmask.generate(model, prompt, max_new_tokens=12, stop_at_eos=False, **options)
+    sampled = unmask.generate(model, prompt, max_new_tokens=12, stop_at_eos=False, temperature=1.5, seed=7,
+                              **options, **filt)
+    loose = unmask.generate(model, prompt, max_new_tokens=12, stop_at_eos=False, temperature=1.5, seed=7,
+                            **options)
+    assert sampled.token_ids.tolist() == greedy.token_ids.tolist()
+    assert loose.token_ids.tolist() != greedy.token_ids.tolist()  # the filter, not the seed, made it greedy

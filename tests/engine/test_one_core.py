@@ -177,8 +177,9 @@ def test_refresh_every_one_is_the_uncached_computation(mdm, cache):
 REFUSED = [
     ("diffusion", dict(strategy="threshold", add=0.2), "does not take add"),
     ("diffusion", dict(strategy="threshold", cache="exact"), "'exact' needs a block-causal"),
-    ("diffusion", dict(strategy="threshold", temperature=1.0, top_k=5), "does not take top_k"),
-    ("diffusion", dict(temperature=1.0, top_k=5), "needs an autoregressive model"),
+    ("diffusion", dict(strategy="threshold", accept=0.3), "does not take accept"),
+    ("diffusion", dict(strategy="ar"), "needs an autoregressive model"),
+    ("diffusion", dict(strategy="threshold", top_k=5), "set temperature above 0"),
     ("diffusion", dict(strategy="threshold", cache="none", refresh_every=2), "needs an approximate cache"),
     ("block-diffusion", dict(strategy="d2f", cache="none"), "can only be 'exact'"),
     ("block-diffusion", dict(strategy="threshold", cache="dual"), "approximate cache for bidirectional"),

@@ -20,7 +20,7 @@ DECODERS = (*BLOCK_RULES, "d2f", "isd", "ar")
 EVERY = frozenset(DECODERS)
 RULES = frozenset(BLOCK_RULES)
 CONFIDENT = frozenset({"low_confidence", "threshold", "factor", "verifier", "d2f"})
-SAMPLERS = frozenset({"ar"})  # decoders with a top-k / top-p filter
+SAMPLERS = frozenset(DECODERS)  # every decoder samples through a top-k / top-p filter
 # Which model kinds each decoder runs on.
 KINDS_OF = {**{r: ("diffusion", "block-diffusion") for r in BLOCK_RULES}, "d2f": ("block-diffusion",),
             "isd": ("ar",), "ar": ("ar",)}
@@ -72,8 +72,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("strategy", str, "decoder: " + " | ".join(DECODERS) + " (default: the model's default)", choices=DECODERS),
     Option("max_new_tokens", int, "tokens to generate", **_range(1), http="max_tokens"),
     Option("temperature", float, "0: greedy; above 0: sample (diffusion: LLaDA's Gumbel noise)", **_range(0, 100)),
-    Option("top_k", int, "sample from the k likeliest tokens", SAMPLERS, **_range(1), implies="ar"),
-    Option("top_p", float, "nucleus sampling mass", SAMPLERS, **_range(0, 1, open_low=True), implies="ar"),
+    Option("top_k", int, "sample from the k likeliest tokens (with temperature above 0)", SAMPLERS, **_range(1)),
+    Option("top_p", float, "nucleus sampling mass (with temperature above 0)", SAMPLERS,
+           **_range(0, 1, open_low=True)),
     Option("seed", int, "seed for sampling and random remasking (a batch's row i gets seed + i)",
            **_range(0, SEED_LIMIT - 1)),
     Option("stop_at_eos", bool, "end each answer at its first EOS", cli=False, http=""),

@@ -38,6 +38,7 @@ class BlockRow(Row):
         self.spans = [(P + s, P + e) for s, e in block_spans(N, block)]
         self.budgets = steps_per_block(N, block, d.steps)
         self.strategy, self.generator, self.temperature = strategy, generator, d.temperature
+        self.top_k, self.top_p = d.top_k, d.top_p
         self.early = EarlyCommit(d.early_commit, d.early_commit_pool) if d.early_commit is not None else None
         self.shift = bool(cfg.logits_shift)
         self.columns = BlockColumns(d.cache, d.refresh_every, self.T, self.shift, cfg.block_size, self.mask_id)
@@ -75,7 +76,8 @@ class BlockRow(Row):
         self.columns.ran((s, e))
         masked = (self.x[s:e] == self.mask_id)[None]  # (1, Lb)
         block_logits = window.at(s, e)[None]  # (1, Lb, V)
-        x0 = gumbel_argmax(block_logits, self.temperature, self.generator, forbid=self.mask_id)  # (1, Lb)
+        x0 = gumbel_argmax(block_logits, self.temperature, self.generator, forbid=self.mask_id, top_k=self.top_k,
+                           top_p=self.top_p)  # (1, Lb)
         conf = self.strategy.confidence(block_logits, x0, self.generator).masked_fill(~masked, float("-inf"))
         commit = self.strategy.select(self.step, conf, masked) & masked
         if self.strategy.uses_verifier:
@@ -129,7 +131,8 @@ class BlockRow(Row):
         progress = 1 - (self.x[self.P:] == self.mask_id).sum() / (self.T - self.P)
         if not bool(self.early.fires(logits[None], masked[None], progress[None])[0]):
             return
-        x0 = gumbel_argmax(logits[None], self.temperature, self.generator, forbid=self.mask_id)[0]  # (W,)
+        x0 = gumbel_argmax(logits[None], self.temperature, self.generator, forbid=self.mask_id, top_k=self.top_k,
+                           top_p=self.top_p)[0]  # (W,)
         self.x[cols] = torch.where(masked, x0, self.x[cols])
 
     def next_block(self) -> None:

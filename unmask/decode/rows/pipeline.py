@@ -39,6 +39,7 @@ class PipelineRow(Row):
         self.blocks = grid_blocks(self.P, self.T, self.size)
         self.threshold, self.add, self.activate = d.threshold, d.add, d.activate
         self.measure, self.temperature, self.generator = get_measure(d.confidence), d.temperature, generator
+        self.top_k, self.top_p = d.top_k, d.top_p
         self.left = [e - s for s, e in self.blocks]  # masked positions per block (counted, not recomputed)
         self.added = 1  # blocks in flight or done
         self.committed = 0  # slot columns [0, committed) hold final keys and values
@@ -81,7 +82,8 @@ class PipelineRow(Row):
         first = next(k for k in range(self.added) if self.blocks[k][0] == s)
         # One proposal and one confidence for the whole span: every block in flight reads its slice.
         span_logits = logits[s - c:e - c][None]  # (1, e-s, V)
-        x0 = gumbel_argmax(span_logits, self.temperature, self.generator, forbid=self.mask_id)[0]  # (e-s,)
+        x0 = gumbel_argmax(span_logits, self.temperature, self.generator, forbid=self.mask_id, top_k=self.top_k,
+                           top_p=self.top_p)[0]  # (e-s,)
         scores = self.measure(span_logits, x0[None])[0]  # (e-s,)
         for k in range(first, self.added):
             if not self.left[k]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from unmask.decode.rows.base import MAIN, Row, Work
+from unmask.decode.sampling import filter_logits
 from unmask.decode.spec import Decoding
 
 
@@ -42,6 +43,7 @@ class StridedRow(Row):
         self.drafts: list[int] = []
         self.draft_q: list[torch.Tensor] = []  # the draft distributions (sampling)
         self.temperature, self.generator = d.temperature, generator
+        self.top = (d.top_k, d.top_p)  # the same filter on the drafts' and the verifier's distributions
         self.footprint = {MAIN: min(self.context, len(self.committed) + d.max_new_tokens + 2 * self.N + 1)}
         self.fresh = 0
         self.busy = False
@@ -61,13 +63,13 @@ class StridedRow(Row):
         self.busy = True
         first = self.fresh - len(self.drafts) - 1  # the row of the last committed token: it predicts drafts[0]
         causal = logits[first:first + len(self.drafts) + 1]  # (K+1, V): row i predicts the token after drafts[:i]
-        accepted, nxt = verify(causal, self.drafts, self.draft_q, self.temperature, self.generator)
+        accepted, nxt = verify(causal, self.drafts, self.draft_q, self.temperature, self.generator, self.top)
         new = self.drafts[:accepted] + [nxt]
         self.cached = len(self.committed) + accepted  # the committed tokens and the accepted drafts keep their keys
         self.committed += new
         if accepted == len(self.drafts):  # all drafts held: the slots after the bonus token draft the next ones
             ahead = logits[self.fresh + 1:]  # (slots-1, V); slot 0 sits where the bonus token now is
-            self.drafts, self.draft_q = propose(ahead, self.temperature, self.generator)
+            self.drafts, self.draft_q = propose(ahead, self.temperature, self.generator, self.top)
         else:
             self.drafts, self.draft_q = [], []
         self.extend(new[:self.max_new_tokens - len(self.final)])
@@ -76,20 +78,25 @@ class StridedRow(Row):
         self.busy = False
 
 
-def distribution(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.softmax(logits.float() / temperature, dim=-1)
+Top = tuple[int | None, float | None]  # (top_k, top_p)
 
 
-def propose(slots: torch.Tensor, temperature: float, generator: torch.Generator | None
+def distribution(logits: torch.Tensor, temperature: float, top: Top = (None, None)) -> torch.Tensor:
+    """What is sampled: softmax(logits / temperature), restricted by top-k / top-p. Filtering the drafts' q
+    and the verifier's p alike keeps speculative sampling exact for the filtered p."""
+    return torch.softmax(filter_logits(logits.float() / temperature, *top), dim=-1)
+
+
+def propose(slots: torch.Tensor, temperature: float, generator: torch.Generator | None, top: Top = (None, None)
             ) -> tuple[list[int], list[torch.Tensor]]:
     if temperature == 0:
         return slots.argmax(dim=-1).tolist(), []
-    q = distribution(slots, temperature)  # (N-1, V)
+    q = distribution(slots, temperature, top)  # (N-1, V)
     return torch.multinomial(q, 1, generator=generator).squeeze(1).tolist(), list(q)
 
 
 def verify(causal: torch.Tensor, drafts: list[int], draft_q: list[torch.Tensor], temperature: float,
-           generator: torch.Generator | None) -> tuple[int, int]:
+           generator: torch.Generator | None, top: Top = (None, None)) -> tuple[int, int]:
     """(number of drafts accepted, the token after them) from the causal rows `# (K+1, V)`."""
     if temperature == 0:
         greedy = causal.argmax(dim=-1).tolist()
@@ -97,7 +104,7 @@ def verify(causal: torch.Tensor, drafts: list[int], draft_q: list[torch.Tensor],
         while k < len(drafts) and drafts[k] == greedy[k]:
             k += 1
         return k, greedy[k]
-    p = distribution(causal, temperature)  # (K+1, V)
+    p = distribution(causal, temperature, top)  # (K+1, V)
     for k, d in enumerate(drafts):
         ratio = float(p[k, d] / draft_q[k][d].clamp(min=1e-12))
         u = torch.rand(1, generator=generator, device=p.device)
