@@ -37,6 +37,8 @@ def test_stop_cuts_the_answer_and_ends_the_request_early(served):
     assert " 12" in answer and cut.choices[0].text == answer[:answer.index(" 12")]
     assert cut.choices[0].finish_reason == "stop"
     assert cut.usage.model_extra["forward_passes"] < full.usage.model_extra["forward_passes"]
+    with_lp = client.completions.create(model=name, prompt=PROMPT, stop=[" 12"], logprobs=0, extra_body=vanilla)
+    assert "".join(with_lp.choices[0].logprobs.tokens) == cut.choices[0].text  # logprobs cut with the text
     streamed = client.completions.create(model=name, prompt=PROMPT, stop=" 12", stream=True, extra_body=vanilla)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == cut.choices[0].text
 
@@ -85,7 +87,7 @@ def test_stream_options_include_usage_ends_with_a_usage_chunk(served):
 def test_unknown_fields_are_ignored_and_unhonoured_ones_refused(served):
     base, name, client = served
     assert client.completions.create(model=name, prompt="sort: 5 1 3", extra_body={"frobnicate": 1}).choices
-    for field, value in (("logprobs", 2), ("echo", True), ("best_of", 3), ("suffix", "x")):
+    for field, value in (("echo", True), ("best_of", 3), ("suffix", "x")):
         with pytest.raises(openai.BadRequestError, match=field):
             client.completions.create(model=name, prompt="sort: 5 1 3", extra_body={field: value})
 
@@ -129,3 +131,32 @@ def test_a_prompt_outside_the_training_task_is_answered_with_a_warning(served):
     assert r.json()["warnings"] == [r.headers["x-unmask-warning"]]
     fine = httpx.post(base + "/v1/completions", json={"model": name, "prompt": "sort: 31 7 18 2 64"})
     assert "x-unmask-warning" not in fine.headers and "warnings" not in fine.json()
+
+
+@pytest.mark.parametrize("model_name, extra", [("sort-ar", {}), ("sort-mdm", {}), ("sort-mdm", {"strategy": "verifier"}),
+                                               ("sort-d2f", {}), ("sort-isd", {"strategy": "isd"})])
+def test_logprobs_one_finite_value_per_token_and_exact_for_ar(model_name, extra):
+    """AR: the log-probabilities sum to unmask.loglikelihood of the answer. Diffusion: each token's
+    log-probability at the step it was committed (greedy: it is its step's likeliest)."""
+    text = "sort: 31 7 18 2 64"
+    for base, name in start_server(model_name):
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        res = client.completions.create(model=name, prompt=text, logprobs=2, extra_body=extra)
+        lp = res.choices[0].logprobs
+        assert "".join(lp.tokens) == res.choices[0].text and len(lp.token_logprobs) == len(lp.tokens) > 0
+        assert all(v <= 0 and v == v for v in lp.token_logprobs)
+        assert all(len(alts) == 2 and max(alts.values()) == pytest.approx(v) for alts, v in
+                   zip(lp.top_logprobs, lp.token_logprobs))
+        chat = client.chat.completions.create(model=name, messages=[{"role": "user", "content": text}],
+                                              logprobs=True, top_logprobs=1, extra_body=extra)
+        content = chat.choices[0].logprobs.content
+        assert [c.token for c in content] == lp.tokens and len(content[0].top_logprobs) == 1
+        if model_name == "sort-ar":
+            model = unmask.load_model(model_name)
+            ids, _ = prompt_for(model, text)
+            answer = model.tokenizer.encode(res.choices[0].text)
+            assert sum(lp.token_logprobs) == pytest.approx(unmask.loglikelihood(model, ids, answer), abs=1e-4)
+        with pytest.raises(openai.BadRequestError, match="stream"):
+            client.completions.create(model=name, prompt=text, logprobs=1, stream=True)
+        with pytest.raises(openai.BadRequestError, match="logprobs"):
+            client.completions.create(model=name, prompt=text, logprobs=21)

@@ -100,7 +100,8 @@ BAD = [
     (b'{"model": "MODEL", "prompt": "sort: 1", "threshold": -2}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "n": 17}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "best_of": 2}', 400),
-    (b'{"model": "MODEL", "prompt": "sort: 1", "logprobs": 1}', 400),  # refused until it is honoured
+    (b'{"model": "MODEL", "prompt": "sort: 1", "logprobs": -1}', 400),
+    (b'{"model": "MODEL", "prompt": "sort: 1", "logprobs": true}', 400),  # completions take a count
     (b'{"model": "MODEL", "prompt": "sort: 1", "echo": true}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "stop": [""]}', 400),
     (b'{"model": "MODEL", "prompt": [99999]}', 400),

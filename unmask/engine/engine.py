@@ -40,6 +40,7 @@ def check_prompt(model: torch.nn.Module, prompt_len: int, max_new_tokens: int, n
 
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's chat limit)
 
 
 def check_stop(stop: tuple[str, ...], model: torch.nn.Module, namer: Namer) -> None:
@@ -88,12 +89,16 @@ class Engine:
         while a step runs (the server does); ValueError with one sentence if it cannot run."""
         d = resolve(self.model.config, params.options, params.namer)
         check_stop(params.stop, self.model, params.namer)
+        if params.logprobs is not None and (isinstance(params.logprobs, bool) or not isinstance(params.logprobs, int)
+                                            or not 0 <= params.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, not {params.logprobs!r}")
         check_prompt(self.model, len(prompt_ids), d.max_new_tokens, params.namer)
         d = self.with_verifier(d)
         if generator is None and d.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(d.seed)
         prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
         row = build_row(self.model, prompt, d, generator)
+        row.want = params.logprobs
         footprint = max(PagedKVCache.pages_needed(n) for n in row.footprint.values()) * PAGE
         kw = {} if request_id is None else {"request_id": request_id}
         req = Request(list(prompt_ids), params, decoding=d, footprint=footprint, **kw)
@@ -175,7 +180,8 @@ class Engine:
                 finished, reason = res.finished, res.reason if res.finished else None
                 if req.params.stop and not finished and self.hits_stop(req, res.new_tokens):
                     finished, reason = True, "stop"  # its later blocks are never computed
-                outs.append(RequestOutput(req.request_id, res.new_tokens, finished, reason, nfe=req.nfe))
+                outs.append(RequestOutput(req.request_id, res.new_tokens, finished, reason, nfe=req.nfe,
+                                          logprobs=res.logprobs))
         for out in outs:
             self.postprocess(out)
         return outs

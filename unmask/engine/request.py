@@ -23,11 +23,14 @@ class SamplingParams:
     unmask/decode/spec.py checks and resolves them when the engine prepares the request. `namer` says
     how a refusal names an option (a Python keyword, a CLI flag, an HTTP field)."""
 
-    def __init__(self, namer: Namer = python_name, stop: tuple[str, ...] = (), **options: Any) -> None:
+    def __init__(self, namer: Namer = python_name, stop: tuple[str, ...] = (), logprobs: int | None = None,
+                 **options: Any) -> None:
         self.options = {k: v for k, v in options.items() if v is not None}
         self.namer = namer
         # End the answer once its final text holds one of these (OpenAI's `stop`); the text is cut before it.
         self.stop = tuple(stop)
+        # Report each token's log-probability and its `logprobs` likeliest alternatives (None: nothing).
+        self.logprobs = logprobs
 
     def __repr__(self) -> str:
         shown = {**self.options, **({"stop": self.stop} if self.stop else {})}
@@ -65,3 +68,4 @@ class RequestOutput:
     finish_reason: str | None = None
     error: str | None = None
     nfe: int = 0  # forward passes of its model the request has taken part in so far
+    logprobs: list | None = None  # per new token: (log-probability, [(id, log-probability)] alternatives)

@@ -143,6 +143,9 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
             raise APIError(503, bad.error or SHUTTING_DOWN, "server_error")
         if bad is not None:
             raise APIError(500, f"generation failed: {bad.error}", "server_error")
+        if body.top_alternatives() is not None:
+            for c in choices:
+                c.entries = c.logprob_entries(tok.decode)
         body_out = completions.envelope(rid, name, kind, [shape(c, c.text(tok.decode), False) for c in choices])
         body_out["usage"] = completions.usage(choices, prompt_tokens)
         if warnings:
@@ -212,7 +215,30 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
 
 
 def completion_choice(c: completions.Choice, text: str, chunk: bool) -> dict[str, Any]:
-    return {"index": c.index, "text": text, "logprobs": None, "finish_reason": c.reason if c.finished else None}
+    return {"index": c.index, "text": text, "logprobs": completion_logprobs(c.entries),
+            "finish_reason": c.reason if c.finished else None}
+
+
+def completion_logprobs(entries: list | None) -> dict[str, Any] | None:
+    """The legacy completions layout: parallel lists, alternatives as {token: log-probability}."""
+    if entries is None:
+        return None
+    offsets, at = [], 0
+    for token, _, _ in entries:
+        offsets.append(at)
+        at += len(token)
+    return {"tokens": [t for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [dict(alts) for _, _, alts in entries], "text_offset": offsets}
+
+
+def chat_logprobs(entries: list | None) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+
+    def item(token: str, lp: float) -> dict[str, Any]:
+        return {"token": token, "logprob": lp, "bytes": list(token.encode())}
+    return {"content": [{**item(t, lp), "top_logprobs": [item(a, v) for a, v in alts]} for t, lp, alts in entries],
+            "refusal": None}
 
 
 def chat_choice(c: completions.Choice, text: str, chunk: bool) -> dict[str, Any]:
@@ -220,4 +246,5 @@ def chat_choice(c: completions.Choice, text: str, chunk: bool) -> dict[str, Any]
     if chunk:
         return {"index": c.index, "delta": {"role": "assistant", "content": text} if text else {},
                 "finish_reason": reason}
-    return {"index": c.index, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+    return {"index": c.index, "message": {"role": "assistant", "content": text}, "logprobs": chat_logprobs(c.entries),
+            "finish_reason": reason}

@@ -31,10 +31,14 @@ class Choice:
     error: str | None = None
     kind: str | None = None  # the engine's finish reason
     nfe: int = 0
+    logprobs: list = field(default_factory=list)  # per token: (log-probability, [(id, log-probability)])
+    entries: list | None = None  # logprob_entries, once finished, when asked for
 
     def take(self, out: RequestOutput) -> None:
         self.ids += out.new_token_ids
         self.nfe = out.nfe or self.nfe
+        if out.logprobs is not None:
+            self.logprobs += out.logprobs
         if out.finished:
             self.finished, self.kind, self.error = True, out.finish_reason, out.error
             self.reason = "stop" if out.finish_reason == "stop" else "length"
@@ -44,6 +48,16 @@ class Choice:
         text = decode(self.ids)
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         return text[:min(hits)] if hits else text
+
+    def logprob_entries(self, decode: Callable[[list[int]], str]) -> list[tuple[str, float, list[tuple[str, float]]]]:
+        """(token text, log-probability, alternatives) for each token of the answer as returned (cut at a stop)."""
+        keep, text = len(self.ids), self.text(decode)
+        for i in range(len(self.ids)):
+            if len(decode(self.ids[:i + 1])) > len(text):
+                keep = i
+                break
+        return [(decode([t]), lp, [(decode([a]), v) for a, v in alts])
+                for t, (lp, alts) in zip(self.ids[:keep], self.logprobs[:keep])]
 
     def delta(self, decode: Callable[[list[int]], str]) -> str:
         """New text safe to stream: a tail that may still begin a stop string waits."""

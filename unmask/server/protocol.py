@@ -5,7 +5,7 @@ for `-`; OpenAI's `max_tokens` for max_new_tokens), sent as extra body fields (t
 `extra_body=`). Their types and ranges are checked by the spec when the engine prepares the request, so
 a wrong value, an option the decoder does not take, or a strategy the model cannot run is a 400 with one
 sentence naming the field. Unknown fields are ignored with a logged warning (as vLLM does); OpenAI fields
-unmask does not honour yet (`logprobs`, `top_logprobs`, `echo`, `suffix`, `best_of` above 1) are refused.
+unmask does not honour yet (`echo`, `suffix`, `best_of` above 1, `logprobs` with `stream`) are refused.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from unmask.decode.spec import OPTIONS, http_name
 from unmask.engine.request import SamplingParams
 
 HTTP_OPTIONS = tuple(o for o in OPTIONS if o.field_name)
-NOT_YET = ("logprobs", "top_logprobs", "echo", "suffix")  # OpenAI fields unmask refuses rather than ignores
+NOT_YET = ("echo", "suffix")  # OpenAI fields unmask refuses rather than ignores
 MAX_N = 16
 
 
@@ -46,7 +46,14 @@ class OpenAIFields(BaseModel):
         if choice and isinstance(options.get("seed"), int) and not isinstance(options["seed"], bool):
             options["seed"] += choice
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(http_name, stop=stop, **options)
+        logprobs = self.top_alternatives()
+        if logprobs is not None and self.stream:
+            raise ValueError("logprobs with stream is not supported yet: ask for them without streaming")
+        return SamplingParams(http_name, stop=stop, logprobs=logprobs, **options)
+
+    def top_alternatives(self) -> int | None:
+        """How many alternatives per token to report with its log-probability; None: no logprobs."""
+        return None
 
     def refused(self) -> str | None:
         """The first field given that unmask does not honour, named in a sentence; None if all are honoured."""
@@ -70,6 +77,10 @@ class CompletionRequest(DecodingFields):
     model: str
     # A string, a list of strings (one answer each), token ids, or a list of token-id lists.
     prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: Any = None  # how many alternatives per token (0: the token's own log-probability only)
+
+    def top_alternatives(self) -> int | None:
+        return self.logprobs  # the engine checks it: a whole number from 0 to 20
 
 
 class TextPart(BaseModel):
@@ -95,6 +106,13 @@ class ChatRequest(DecodingFields):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Any = None  # the newer name of max_tokens
+    logprobs: bool = False
+    top_logprobs: Any = None
+
+    def top_alternatives(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return (0 if self.top_logprobs is None else self.top_logprobs) if self.logprobs else None
 
     def sampling_params(self, default_new: int, choice: int = 0) -> SamplingParams:
         if self.max_completion_tokens is not None:

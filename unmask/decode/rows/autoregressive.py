@@ -19,7 +19,7 @@ class ARRow(Row):
         super().__init__(d.max_new_tokens, model.eos_token_id, d.stop_at_eos)
         self.grown = torch.empty(prompt.numel() + d.max_new_tokens + 1, dtype=torch.long, device=prompt.device)
         self.grown[:prompt.numel()] = prompt
-        self.length = prompt.numel()
+        self.length = self.P = prompt.numel()
         self.cached = 0  # slot columns [0, cached) hold keys and values (exact cache)
         self.use_cache = d.cache == "exact"
         self.temperature, self.top_k, self.top_p, self.generator = d.temperature, d.top_k, d.top_p, generator
@@ -39,6 +39,7 @@ class ARRow(Row):
         nxt = sample_next(logits[-1:], temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                           generator=self.generator)  # (1,)
         token = int(nxt)
+        self.note([self.length - self.P], nxt, logits[-1:])
         self.grown[self.length] = token
         self.length += 1
         self.extend([token])

@@ -50,6 +50,8 @@ class Progress:
     new_tokens: list[int]
     finished: bool
     reason: str | None = None
+    # With logprobs asked for: per new token (its log-probability, [(id, log-probability)] of the likeliest).
+    logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
 
 
 class Row:
@@ -66,6 +68,8 @@ class Row:
         self.passes = 0  # forward passes of the request's model this row took part in
         self.verifier_passes = 0
         self.footprint: dict[str, int] = {}  # KV slot columns the row needs, per model
+        self.want: int | None = None  # alternatives to report per token with its log-probability; None: none
+        self.scored: dict[int, tuple[float, list[tuple[int, float]]]] = {}  # by position in the answer
 
     def work(self) -> Work | None:
         raise NotImplementedError
@@ -76,9 +80,23 @@ class Row:
 
     def end_step(self) -> Progress:
         new = self.final[self.sent:]
+        lps = None if self.want is None else [self.scored.pop(i, (float("nan"), []))
+                                              for i in range(self.sent, len(self.final))]
         self.sent = len(self.final)
         self.next_step()
-        return Progress(new, self.done, self.reason)
+        return Progress(new, self.done, self.reason, lps)
+
+    def note(self, at: list[int], tokens: torch.Tensor, logits: torch.Tensor) -> None:
+        """Record, when asked to, the log-probability of each token committed at answer positions `at`, under
+        the model's own distribution at the step it was committed (logits `# (n, V)`, temperature 1)."""
+        if self.want is None or not at:
+            return
+        lp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
+        chosen = lp.gather(-1, tokens.view(-1, 1)).view(-1).tolist()
+        top = lp.topk(self.want, dim=-1) if self.want else None
+        for i, a in enumerate(at):
+            alts = list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top is not None else []
+            self.scored[a] = (chosen[i], alts)
 
     def next_step(self) -> None:
         """Get ready for the next step's `work()`."""

@@ -110,6 +110,9 @@ class BlockRow(Row):
         s, e = self.spans[self.block]
         block = self.x[s:e]  # a view: committing into it updates x
         block[commit] = x0[commit]
+        if self.want is not None:
+            idx = commit.nonzero()[:, 0]
+            self.note((s - self.P + idx).tolist(), x0[idx], window.at(s, e)[idx])
         if self.early is not None:
             self.commit_all(window)
         self.step += 1
@@ -133,6 +136,7 @@ class BlockRow(Row):
             return
         x0 = gumbel_argmax(logits[None], self.temperature, self.generator, forbid=self.mask_id, top_k=self.top_k,
                            top_p=self.top_p)[0]  # (W,)
+        self.note((cols[masked] - self.P).tolist(), x0[masked], logits[masked])
         self.x[cols] = torch.where(masked, x0, self.x[cols])
 
     def next_block(self) -> None:

@@ -95,6 +95,9 @@ class PipelineRow(Row):
             if (k == first or self.share(k - 1) > self.activate) and not commit.any():
                 commit[conf.argmax()] = True
             self.x[bs:be][commit] = x0[bs - s:be - s][commit]
+            if self.want is not None:
+                idx = commit.nonzero()[:, 0]
+                self.note((bs - self.P + idx).tolist(), x0[bs - s:be - s][idx], span_logits[0, bs - s:be - s][idx])
             self.left[k] -= int(commit.sum())
         # Columns before the model block holding s saw only clean, earlier blocks: final now.
         self.committed = max(c, s // self.size * self.size)

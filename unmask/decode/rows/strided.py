@@ -39,6 +39,7 @@ class StridedRow(Row):
         self.context = model.config.max_seq_len
         self.device = prompt.device
         self.committed = prompt.tolist()
+        self.P = prompt.numel()
         self.cached = 0  # slot columns [0, cached) hold final keys and values
         self.drafts: list[int] = []
         self.draft_q: list[torch.Tensor] = []  # the draft distributions (sampling)
@@ -65,6 +66,8 @@ class StridedRow(Row):
         causal = logits[first:first + len(self.drafts) + 1]  # (K+1, V): row i predicts the token after drafts[:i]
         accepted, nxt = verify(causal, self.drafts, self.draft_q, self.temperature, self.generator, self.top)
         new = self.drafts[:accepted] + [nxt]
+        base = len(self.committed) - self.P
+        self.note(list(range(base, base + len(new))), torch.tensor(new, device=logits.device), causal[:len(new)])
         self.cached = len(self.committed) + accepted  # the committed tokens and the accepted drafts keep their keys
         self.committed += new
         if accepted == len(self.drafts):  # all drafts held: the slots after the bonus token draft the next ones
