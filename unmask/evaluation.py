@@ -34,24 +34,30 @@ def task_of(model: torch.nn.Module, name: str | None = None):
     return get_task(name, **(options or {}))
 
 
+def sort_task_of(model: torch.nn.Module) -> SortTask | None:
+    """The sort task the model was trained on, or None (a text model, or one with no task)."""
+    task = task_of(model) if getattr(model, "task", None) else None
+    return task if isinstance(task, SortTask) else None
+
+
 def prompt_for(model: torch.nn.Module, text: str) -> tuple[list[int], int]:
     """Token ids of a user prompt as the model was trained to read it, and its default generation length."""
-    task = task_of(model) if getattr(model, "task", None) else None
-    if isinstance(task, SortTask):
+    task = sort_task_of(model)
+    if task is not None:
         return task.prompt_ids(model.tokenizer, text), task.max_window  # the text, then [SEP]
     return model.tokenizer.encode(text), default_new_tokens(model)
 
 
 def prompt_warning(model: torch.nn.Module, text: str) -> str | None:
     """A sentence when a text prompt lies outside the model's training task (see SortTask.unfamiliar)."""
-    task = task_of(model) if getattr(model, "task", None) else None
-    return task.unfamiliar(text) if isinstance(task, SortTask) else None
+    task = sort_task_of(model)
+    return task.unfamiliar(text) if task is not None else None
 
 
 def default_new_tokens(model: torch.nn.Module) -> int:
     """How many tokens to generate when a request names no length: the task's answer window, else 64."""
-    task = task_of(model) if getattr(model, "task", None) else None
-    return task.max_window if isinstance(task, SortTask) else 64
+    task = sort_task_of(model)
+    return task.max_window if task is not None else 64
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,13 @@ def check_stop(stop: tuple[str, ...], model: torch.nn.Module, namer: Namer) -> N
         raise ValueError("stop needs the model's tokenizer, and this model has none")
 
 
+def check_logprobs(logprobs: object) -> None:
+    """Refuse a logprobs count the rows cannot report (ValueError)."""
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                 or not 0 <= logprobs <= MAX_LOGPROBS):
+        raise ValueError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, not {logprobs!r}")
+
+
 class Engine:
     """Continuous batching over the decoding rows: requests join and leave between steps.
 
@@ -89,9 +96,7 @@ class Engine:
         while a step runs (the server does); ValueError with one sentence if it cannot run."""
         d = resolve(self.model.config, params.options, params.namer)
         check_stop(params.stop, self.model, params.namer)
-        if params.logprobs is not None and (isinstance(params.logprobs, bool) or not isinstance(params.logprobs, int)
-                                            or not 0 <= params.logprobs <= MAX_LOGPROBS):
-            raise ValueError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, not {params.logprobs!r}")
+        check_logprobs(params.logprobs)
         check_prompt(self.model, len(prompt_ids), d.max_new_tokens, params.namer)
         d = self.with_verifier(d)
         if generator is None and d.seed is not None:

@@ -13,10 +13,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from unmask.evaluation import default_new_tokens, prompt_for, prompt_warning
-from unmask.server.guards import Guards
 from unmask import __version__
+from unmask.evaluation import default_new_tokens, prompt_for, prompt_warning
 from unmask.server import completions
+from unmask.server.completions import chat_choice, completion_choice
+from unmask.server.guards import Guards
 from unmask.server.protocol import (ChatRequest, CompletionRequest, DecodingFields, DetokenizeRequest,
                                     TokenizeRequest, error_body, new_id)
 from unmask.server.serving import SHUTTING_DOWN, AsyncEngine, EngineUnavailable, Subscription
@@ -118,7 +119,7 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
                     params = body.sampling_params(default_new, k)
                     sub = engine.submit(ids, params, queue)
                     subs.append(sub)
-                    choices.append(completions.Choice(len(choices), sub.request.request_id, len(ids), params.stop))
+                    choices.append(completions.Choice(len(choices), sub.request.request_id, params.stop))
         except ValueError as err:
             cancel_all(subs)
             raise APIError(400, str(err)) from None
@@ -128,9 +129,9 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
         outputs = engine.outputs(subs)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(completions.stream(outputs, choices, tok.decode, rid, name, kind + ".chunk"
-                                                        if kind.startswith("chat") else kind, shape, prompt_tokens,
-                                                        include), media_type="text/event-stream",
+            chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
+            return StreamingResponse(completions.stream(outputs, choices, tok.decode, rid, name, chunk_kind, shape,
+                                                        prompt_tokens, include), media_type="text/event-stream",
                                      headers=headers)
         by_id = {c.request_id: c for c in choices}
         async for out in outputs:
@@ -212,39 +213,3 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
-
-
-def completion_choice(c: completions.Choice, text: str, chunk: bool) -> dict[str, Any]:
-    return {"index": c.index, "text": text, "logprobs": completion_logprobs(c.entries),
-            "finish_reason": c.reason if c.finished else None}
-
-
-def completion_logprobs(entries: list | None) -> dict[str, Any] | None:
-    """The legacy completions layout: parallel lists, alternatives as {token: log-probability}."""
-    if entries is None:
-        return None
-    offsets, at = [], 0
-    for token, _, _ in entries:
-        offsets.append(at)
-        at += len(token)
-    return {"tokens": [t for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [dict(alts) for _, _, alts in entries], "text_offset": offsets}
-
-
-def chat_logprobs(entries: list | None) -> dict[str, Any] | None:
-    if entries is None:
-        return None
-
-    def item(token: str, lp: float) -> dict[str, Any]:
-        return {"token": token, "logprob": lp, "bytes": list(token.encode())}
-    return {"content": [{**item(t, lp), "top_logprobs": [item(a, v) for a, v in alts]} for t, lp, alts in entries],
-            "refusal": None}
-
-
-def chat_choice(c: completions.Choice, text: str, chunk: bool) -> dict[str, Any]:
-    reason = c.reason if c.finished else None
-    if chunk:
-        return {"index": c.index, "delta": {"role": "assistant", "content": text} if text else {},
-                "finish_reason": reason}
-    return {"index": c.index, "message": {"role": "assistant", "content": text}, "logprobs": chat_logprobs(c.entries),
-            "finish_reason": reason}

@@ -1,4 +1,5 @@
-"""One completion request, as OpenAI shapes it: prompts x n choices, stop strings, streaming and usage.
+"""One completion request, as OpenAI shapes it: prompts x n choices, stop strings, streaming, usage and each
+choice's body (text or chat layout, logprobs included).
 
 Each choice is one engine request. `stop` is honoured twice: the engine ends a request once its final
 text holds a stop string (so later blocks are never computed), and here the text is cut before it;
@@ -22,7 +23,6 @@ Shape = Callable[["Choice", str, bool], dict[str, Any]]  # (choice, text or delt
 class Choice:
     index: int
     request_id: str
-    prompt_tokens: int
     stop: tuple[str, ...] = ()
     ids: list[int] = field(default_factory=list)
     sent: str = ""  # streamed so far
@@ -52,10 +52,8 @@ class Choice:
     def logprob_entries(self, decode: Callable[[list[int]], str]) -> list[tuple[str, float, list[tuple[str, float]]]]:
         """(token text, log-probability, alternatives) for each token of the answer as returned (cut at a stop)."""
         keep, text = len(self.ids), self.text(decode)
-        for i in range(len(self.ids)):
-            if len(decode(self.ids[:i + 1])) > len(text):
-                keep = i
-                break
+        if len(text) < len(decode(self.ids)):  # cut at a stop: keep the tokens wholly before the cut
+            keep = next(i for i in range(len(self.ids)) if len(decode(self.ids[:i + 1])) > len(text))
         return [(decode([t]), lp, [(decode([a]), v) for a, v in alts])
                 for t, (lp, alts) in zip(self.ids[:keep], self.logprobs[:keep])]
 
@@ -105,3 +103,41 @@ async def stream(outputs: AsyncIterator[RequestOutput], choices: list[Choice], d
         if include_usage:
             yield f"data: {json.dumps({**envelope(rid, model, kind, []), 'usage': usage(choices, prompt_tokens)})}\n\n"
     yield "data: [DONE]\n\n"
+
+
+# -- one choice's body, in each endpoint's layout ------------------------------------------------------
+
+def completion_choice(c: Choice, text: str, chunk: bool) -> dict[str, Any]:
+    return {"index": c.index, "text": text, "logprobs": completion_logprobs(c.entries),
+            "finish_reason": c.reason if c.finished else None}
+
+
+def completion_logprobs(entries: list | None) -> dict[str, Any] | None:
+    """The legacy completions layout: parallel lists, alternatives as {token: log-probability}."""
+    if entries is None:
+        return None
+    offsets, at = [], 0
+    for token, _, _ in entries:
+        offsets.append(at)
+        at += len(token)
+    return {"tokens": [t for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [dict(alts) for _, _, alts in entries], "text_offset": offsets}
+
+
+def chat_logprobs(entries: list | None) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+
+    def item(token: str, lp: float) -> dict[str, Any]:
+        return {"token": token, "logprob": lp, "bytes": list(token.encode())}
+    return {"content": [{**item(t, lp), "top_logprobs": [item(a, v) for a, v in alts]} for t, lp, alts in entries],
+            "refusal": None}
+
+
+def chat_choice(c: Choice, text: str, chunk: bool) -> dict[str, Any]:
+    reason = c.reason if c.finished else None
+    if chunk:
+        return {"index": c.index, "delta": {"role": "assistant", "content": text} if text else {},
+                "finish_reason": reason}
+    return {"index": c.index, "message": {"role": "assistant", "content": text}, "logprobs": chat_logprobs(c.entries),
+            "finish_reason": reason}
