@@ -7,13 +7,29 @@ whole range), and scores the cross-entropy of the masked tokens divided by the m
 estimate is minus the mean over `mc_num` draws. It is the masked-diffusion ELBO, a lower bound on the
 log-likelihood, unbiased over the draws, and reproducible: the draws come from a generator seeded with
 `seed`. A Dream-style model (`logits_shift`) scores token i from the logits at i - 1.
+
+`token_scores` splits the same figure by token (what `echo` with `logprobs` returns over HTTP): for AR
+each token's exact log-probability; for diffusion token i's share of the estimate, the mean over draws
+of log p(x_i) / (l / L) counted in the draws that mask i. The shares sum to `loglikelihood` exactly (one
+code path), but one share alone is a term of a bound, not a log-probability: it can be below a token's
+true log-probability, and an alternative's value is the same weighted mean for that other token.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from unmask.models.paged_cache import first_parameter
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One scored token: its log-probability (or diffusion share) and its likeliest alternatives."""
+
+    logprob: float
+    alternatives: list[tuple[int, float]]
 
 
 def token_ids(model: torch.nn.Module, text_or_ids: str | list[int]) -> list[int]:
@@ -31,48 +47,72 @@ def loglikelihood(model: torch.nn.Module, context: str | list[int], continuation
     ctx, cont = token_ids(model, context), token_ids(model, continuation)
     if not cont:
         raise ValueError("the continuation is empty")
-    if len(ctx) + len(cont) > model.config.max_seq_len:
-        raise ValueError(f"context and continuation ({len(ctx) + len(cont)} tokens) exceed this model's context "
-                         f"of {model.config.max_seq_len}")
+    scores = token_scores(model, ctx + cont, len(ctx), mc_num=mc_num, batch_size=batch_size, seed=seed)
+    return sum(s.logprob for s in scores)
+
+
+@torch.no_grad()
+def token_scores(model: torch.nn.Module, ids: list[int], n_ctx: int, *, top: int = 0, mc_num: int = 128,
+                 batch_size: int = 32, seed: int = 0) -> list[TokenScore]:
+    """One TokenScore per token of `ids[n_ctx:]`, each with its `top` likeliest alternatives."""
+    if len(ids) > model.config.max_seq_len:
+        raise ValueError(f"{len(ids)} tokens exceed this model's context of {model.config.max_seq_len}")
+    if n_ctx >= len(ids):
+        raise ValueError("there is no token to score after the context")
     device = first_parameter(model).device
-    seq = torch.tensor(ctx + cont, dtype=torch.long, device=device)
+    seq = torch.tensor(ids, dtype=torch.long, device=device)
     if model.config.kind == "ar":
-        return ar_loglikelihood(model, seq, len(ctx))
-    if mc_num < 1 or batch_size < 1 or mc_num % batch_size:
-        raise ValueError(f"mc_num ({mc_num}) must be a positive multiple of batch_size ({batch_size})")
-    return diffusion_loglikelihood(model, seq, len(ctx), mc_num, batch_size, seed)
+        values, alts = ar_scores(model, seq, n_ctx, top)
+    else:
+        if mc_num < 1 or batch_size < 1 or mc_num % batch_size:
+            raise ValueError(f"mc_num ({mc_num}) must be a positive multiple of batch_size ({batch_size})")
+        values, alts = diffusion_scores(model, seq, n_ctx, mc_num, batch_size, seed, top)
+    return [TokenScore(v, a) for v, a in zip(values, alts)]
 
 
-def ar_loglikelihood(model: torch.nn.Module, seq: torch.Tensor, n_ctx: int) -> float:
+def ar_scores(model: torch.nn.Module, seq: torch.Tensor, n_ctx: int, top: int
+              ) -> tuple[list[float], list[list[tuple[int, float]]]]:
     if n_ctx == 0:
         raise ValueError("an AR model needs a context of at least one token to score the first one")
     logits = model(seq[None, :-1])[0]  # (L-1, V): position i scores token i+1
-    logp = F.log_softmax(logits.float(), dim=-1)
-    targets = seq[1:]
-    picked = logp.gather(-1, targets[:, None])[:, 0]  # (L-1,)
-    return float(picked[n_ctx - 1:].sum())
+    logp = F.log_softmax(logits.float(), dim=-1)[n_ctx - 1:]  # (L-n_ctx, V)
+    picked = logp.gather(-1, seq[n_ctx:, None])[:, 0]
+    return picked.tolist(), alternatives(logp, top)
 
 
-def diffusion_loglikelihood(model: torch.nn.Module, seq: torch.Tensor, n_ctx: int, mc_num: int, batch_size: int,
-                            seed: int) -> float:
+def diffusion_scores(model: torch.nn.Module, seq: torch.Tensor, n_ctx: int, mc_num: int, batch_size: int,
+                     seed: int, top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
     L = seq.numel() - n_ctx
-    if n_ctx == 0 and getattr(model.config, "logits_shift", False):
+    shift = bool(getattr(model.config, "logits_shift", False))
+    if n_ctx == 0 and shift:
         raise ValueError("a shifted-logits (Dream-style) model needs a context of at least one token")
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    shift = int(getattr(model.config, "logits_shift", False))
     batch = seq[None].repeat(batch_size, 1)  # (b, T)
-    total = 0.0
+    picked = torch.zeros(L, dtype=torch.float64, device=seq.device)  # (L,): summed weighted log p(x_i)
+    every = torch.zeros(L, model.config.vocab_size, dtype=torch.float64, device=seq.device) if top else None
     for _ in range(mc_num // batch_size):
         masked, share = mask_draws(batch_size, L, gen)  # (b, L), (b,)
-        is_mask = torch.cat([torch.zeros(batch_size, n_ctx, dtype=torch.bool), masked], dim=1).to(seq.device)
+        masked, share = masked.to(seq.device), share.to(seq.device)
+        is_mask = torch.cat([torch.zeros(batch_size, n_ctx, dtype=torch.bool, device=seq.device), masked], dim=1)
         noisy = torch.where(is_mask, torch.full_like(batch, model.mask_token_id), batch)
         logits = model(noisy).float()  # (b, T, V)
         if shift:  # Dream: logits at i score token i + 1
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        ce = F.cross_entropy(logits[is_mask], batch[is_mask], reduction="none")  # (masked,)
-        weights = share.to(seq.device)[:, None].expand(-1, seq.numel())[is_mask]
-        total += float((ce / weights).sum()) / batch_size
-    return -total / (mc_num // batch_size)
+        logp = F.log_softmax(logits[:, n_ctx:], dim=-1)  # (b, L, V)
+        weight = masked.double() / share.double()[:, None]  # (b, L): 1 / (l / L) where masked, else 0
+        picked += (weight * logp.gather(-1, seq[n_ctx:].expand(batch_size, -1)[..., None])[..., 0]).sum(0)
+        if every is not None:
+            every += (weight[..., None] * logp).sum(0)
+    values = (picked / mc_num).tolist()
+    return values, alternatives(every / mc_num, top) if every is not None else [[] for _ in values]
+
+
+def alternatives(scores: torch.Tensor, top: int) -> list[list[tuple[int, float]]]:
+    """The `top` highest-scoring tokens of each row of `scores` `# (L, V)`, as (id, value)."""
+    if not top:
+        return [[] for _ in range(scores.shape[0])]
+    values, ids = scores.topk(min(top, scores.shape[-1]), dim=-1)
+    return [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
 
 
 def mask_draws(b: int, L: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,9 +87,12 @@ def test_stream_options_include_usage_ends_with_a_usage_chunk(served):
 def test_unknown_fields_are_ignored_and_unhonoured_ones_refused(served):
     base, name, client = served
     assert client.completions.create(model=name, prompt="sort: 5 1 3", extra_body={"frobnicate": 1}).choices
-    for field, value in (("echo", True), ("best_of", 3), ("suffix", "x")):
+    for field, value in (("best_of", 3), ("suffix", "x")):
         with pytest.raises(openai.BadRequestError, match=field):
             client.completions.create(model=name, prompt="sort: 5 1 3", extra_body={field: value})
+    with pytest.raises(openai.BadRequestError, match="echo"):  # completions only
+        client.chat.completions.create(model=name, messages=[{"role": "user", "content": "5 1 3"}],
+                                       extra_body={"echo": True})
 
 
 def test_models_tokenize_detokenize_version(served):
@@ -156,7 +159,48 @@ def test_logprobs_one_finite_value_per_token_and_exact_for_ar(model_name, extra)
             ids, _ = prompt_for(model, text)
             answer = model.tokenizer.encode(res.choices[0].text)
             assert sum(lp.token_logprobs) == pytest.approx(unmask.loglikelihood(model, ids, answer), abs=1e-4)
-        with pytest.raises(openai.BadRequestError, match="stream"):
-            client.completions.create(model=name, prompt=text, logprobs=1, stream=True)
+        streamed = [c.choices[0] for c in client.completions.create(model=name, prompt=text, logprobs=2, stream=True,
+                                                                     extra_body=extra) if c.choices]
+        entries = [(t, v) for c in streamed if c.logprobs for t, v in zip(c.logprobs.tokens, c.logprobs.token_logprobs)]
+        assert entries == list(zip(lp.tokens, lp.token_logprobs))  # each token once, in the chunk that completes it
+        assert [o for c in streamed if c.logprobs for o in c.logprobs.text_offset] == lp.text_offset
+        chat_stream = client.chat.completions.create(model=name, messages=[{"role": "user", "content": text}],
+                                                     logprobs=True, stream=True, extra_body=extra)
+        assert [e.token for c in chat_stream if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content] == lp.tokens
         with pytest.raises(openai.BadRequestError, match="logprobs"):
             client.completions.create(model=name, prompt=text, logprobs=21)
+
+
+@pytest.mark.parametrize("model_name", ["sort-ar", "sort-mdm"])
+def test_echo_with_logprobs_scores_the_prompt_as_unmask_loglikelihood(model_name):
+    """AR: each prompt token from those before it (the first is null), summing exactly to
+    unmask.loglikelihood; diffusion: each token's share of the Monte Carlo estimate, at the request's seed."""
+    text = "sort: 31 7 18 2 64"
+    model = unmask.load_model(model_name)
+    ids, _ = prompt_for(model, text)
+    for base, name in start_server(model_name):
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        res = client.completions.create(model=name, prompt=text, echo=True, max_tokens=0, logprobs=1, seed=3)
+        choice, lp = res.choices[0], res.choices[0].logprobs
+        assert choice.text == text and choice.finish_reason == "length" and res.usage.completion_tokens == 0
+        assert len(lp.token_logprobs) == len(ids) and "".join(lp.tokens) == model.tokenizer.decode(ids)
+        if model_name == "sort-ar":
+            assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+            assert sum(lp.token_logprobs[1:]) == unmask.loglikelihood(model, ids[:1], ids[1:])
+            assert res.usage.model_extra["forward_passes"] == 1
+        else:
+            assert sum(lp.token_logprobs) == pytest.approx(unmask.loglikelihood(model, [], ids, seed=3), abs=1e-9)
+            assert sum(lp.token_logprobs) != pytest.approx(unmask.loglikelihood(model, [], ids, seed=4), abs=1e-3)
+            assert res.usage.model_extra["forward_passes"] == 128 // 32
+        # echo with an answer: the prompt, then the answer as without echo (and its logprobs after the prompt's)
+        plain = client.completions.create(model=name, prompt=text, logprobs=0)
+        both = client.completions.create(model=name, prompt=text, echo=True, logprobs=0, seed=3)
+        assert both.choices[0].text == text + plain.choices[0].text
+        assert both.choices[0].logprobs.token_logprobs == lp.token_logprobs + plain.choices[0].logprobs.token_logprobs
+        chunks = [c.choices[0] for c in client.completions.create(model=name, prompt=text, echo=True, stream=True)
+                  if c.choices]
+        assert chunks[0].text == text and "".join(c.text for c in chunks) == both.choices[0].text
+        assert client.completions.create(model=name, prompt=text, echo=True).choices[0].logprobs is None
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):  # nothing to do without echo
+            client.completions.create(model=name, prompt=text, max_tokens=0)

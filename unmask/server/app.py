@@ -107,32 +107,58 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
         check_fields(body)
         rid = new_id("chatcmpl" if kind.startswith("chat") else "cmpl")
         queue: asyncio.Queue = asyncio.Queue()
-        subs, choices, prompt_tokens = [], [], 0
+        subs: list[Subscription] = []
+        choices: list[completions.Choice] = []
+        prompt_tokens = 0
+        echo = bool(getattr(body, "echo", False))
         # A prompt outside the model's training task still runs, but the client is told (header and field).
         warnings = [w for p in prompts if isinstance(p, str) and (w := prompt_warning(model, p))]
         headers = {"X-Unmask-Warning": "; ".join(warnings)} if warnings else None
+        scoring = []  # (prompt ids, its choices) whose prompt is scored (echo with logprobs)
         try:
+            top = body.top_alternatives()
+            generate = not (echo and body.scores_only())  # max_tokens 0 without echo: the spec's 400
+            if not generate:
+                body.max_tokens = None  # checked as a one-token request below; nothing is generated
             for prompt in prompts:
                 ids, default_new = encode(prompt)
                 prompt_tokens += len(ids)
+                own = []
                 for k in range(body.n):
-                    params = body.sampling_params(default_new, k)
-                    sub = engine.submit(ids, params, queue)
-                    subs.append(sub)
-                    choices.append(completions.Choice(len(choices), sub.request.request_id, params.stop))
+                    params = body.sampling_params(default_new if generate else 1, k)
+                    if generate:
+                        sub = engine.submit(ids, params, queue)
+                        subs.append(sub)
+                    else:  # nothing runs; the options are still checked, so a bad one is still a 400
+                        engine.validator.prepare(ids, params)
+                        sub = None
+                    choice = completions.Choice(len(choices) + len(own), sub and sub.request.request_id, params.stop)
+                    choice.echo = (prompt if isinstance(prompt, str) else tok.decode(ids)) if echo else ""
+                    own.append(choice)
+                choices += own
+                if echo and top is not None:
+                    scoring.append((ids, own, body.seed or 0))  # diffusion's draws: the request's seed
+            for ids, own, seed in scoring:  # between engine steps, in the engine process
+                entries, passes = await score_prompt(ids, top, seed)
+                for c in own:
+                    c.echo_entries = entries
+                own[0].score_passes = passes
         except ValueError as err:
             cancel_all(subs)
             raise APIError(400, str(err)) from None
         except EngineUnavailable as err:
             cancel_all(subs)
             raise APIError(503, str(err), "server_error") from None
+        except asyncio.CancelledError:
+            cancel_all(subs)
+            raise
         outputs = engine.outputs(subs)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
             return StreamingResponse(completions.stream(outputs, choices, tok.decode, rid, name, chunk_kind, shape,
-                                                        prompt_tokens, include), media_type="text/event-stream",
-                                     headers=headers)
+                                                        prompt_tokens, include, top is not None),
+                                     media_type="text/event-stream", headers=headers)
         by_id = {c.request_id: c for c in choices}
         async for out in outputs:
             by_id[out.request_id].take(out)
@@ -144,14 +170,27 @@ def create_app(model: torch.nn.Module, name: str, *, max_running: int = 32, max_
             raise APIError(503, bad.error or SHUTTING_DOWN, "server_error")
         if bad is not None:
             raise APIError(500, f"generation failed: {bad.error}", "server_error")
-        if body.top_alternatives() is not None:
+        if top is not None:
             for c in choices:
-                c.entries = c.logprob_entries(tok.decode)
-        body_out = completions.envelope(rid, name, kind, [shape(c, c.text(tok.decode), False) for c in choices])
+                c.entries = c.echo_entries + c.logprob_entries(tok.decode)
+        body_out = completions.envelope(rid, name, kind, [shape(c, c.echo + c.text(tok.decode), False)
+                                                          for c in choices])
         body_out["usage"] = completions.usage(choices, prompt_tokens)
         if warnings:
             body_out["warnings"] = warnings
         return JSONResponse(body_out, headers=headers)
+
+    async def score_prompt(ids: list[int], top: int, seed: int) -> tuple[list[completions.Entry], int]:
+        """The echoed prompt's entries: AR scores each token from those before it (the first has none to
+        score it: null, as OpenAI's echo), diffusion each token's share of `unmask.loglikelihood`
+        (`loglikelihood(model, [], prompt, seed=seed)`, or from the second token for a shifted model)."""
+        n_ctx = 1 if model.config.kind == "ar" or getattr(model.config, "logits_shift", False) else 0
+        first: list[completions.Entry] = [(tok.decode(ids[:1]), None, None)] if n_ctx else []
+        if len(ids) <= n_ctx:
+            return first, 0
+        scores, passes = await engine.score(ids, n_ctx, top, seed)
+        return first + [(tok.decode([t]), s.logprob, [(tok.decode([a]), v) for a, v in s.alternatives])
+                        for t, s in zip(ids[n_ctx:], scores)], passes
 
     def cancel_all(subs: list[Subscription]) -> None:
         for sub in subs:

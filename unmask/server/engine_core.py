@@ -5,8 +5,10 @@ the GIL and taking it back. In one process the event loop's HTTP work takes the 
 a Python thread busy only a quarter of the time doubled the engine's step time on this machine
 (measured: 10 -> 20 ms at 31 rows, sort-ar). vLLM's engine core runs apart for the same reason.
 
-The API process sends `Add` / `Cancel` / `Stop` down one pipe; this process answers with one `Step`
-per engine step (every request's news, plus the counters /metrics and /health show) up the other.
+The API process sends `Add` / `Cancel` / `Score` / `Stop` down one pipe; this process answers with one
+`Step` per engine step (every request's news, plus the counters /metrics and /health show) up the other.
+A `Score` (a prompt's token log-probabilities, for `echo`) runs between two steps, as one forward pass
+(AR) or `mc_num / batch_size` (diffusion), so it delays the requests in flight by that much.
 The weights are not copied: torch's spawn pickling moves them to shared memory (CUDA: IPC handles).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from unmask.engine.engine import Engine
 from unmask.engine.request import RequestOutput, SamplingParams
+from unmask.likelihood import TokenScore, token_scores
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,25 @@ class Add:
 @dataclass(frozen=True)
 class Cancel:
     request_id: str
+
+
+@dataclass(frozen=True)
+class Score:
+    """Score `ids[n_ctx:]` with `unmask.likelihood.token_scores` (each token's `top` alternatives)."""
+
+    request_id: str
+    ids: list[int]
+    n_ctx: int
+    top: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Scored:
+    request_id: str
+    scores: list[TokenScore] = field(default_factory=list)
+    passes: int = 0  # forward passes the scoring took
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,7 @@ class CoreStats:
 class Step:
     outputs: list[RequestOutput] = field(default_factory=list)
     stats: CoreStats = CoreStats()
+    scored: list[Scored] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,19 +109,23 @@ def run_core(model: torch.nn.Module, verifiers: dict[str, torch.nn.Module], conf
     while True:
         msg = receive(inbox, wait=not engine.has_work())  # block only when idle
         outputs: list[RequestOutput] = []
+        scored: list[Scored] = []
         news = msg is not None or engine.has_work()
         while msg is not None:
             if isinstance(msg, Stop):
                 return
-            outputs += handle(engine, msg)
+            if isinstance(msg, Score):
+                scored.append(score(model, msg))
+            else:
+                outputs += handle(engine, msg)
             msg = receive(inbox, wait=False)
         if engine.has_work():
             outputs += engine.step()
         if news:  # a cancel changes the counters too, with no output
-            outbox.send(Step(outputs, CoreStats.of(engine)))
+            outbox.send(Step(outputs, CoreStats.of(engine), scored))
 
 
-def receive(inbox: Connection, wait: bool) -> Add | Cancel | Stop | None:
+def receive(inbox: Connection, wait: bool) -> Add | Cancel | Score | Stop | None:
     """The next message; None if none has arrived and `wait` is off; Stop once the API process is gone.
 
     Read between steps, in this thread: a reader thread would take the GIL from the forward passes at
@@ -131,3 +158,14 @@ def handle(engine: Engine, msg: Add | Cancel) -> list[RequestOutput]:
     except ValueError as err:  # the API process checked it already; report rather than die
         return [RequestOutput(msg.request_id, [], True, "error", str(err))]
     return []
+
+
+def score(model: torch.nn.Module, msg: Score) -> Scored:
+    """The prompt's token scores with `unmask.loglikelihood`'s defaults (128 draws in batches of 32)."""
+    mc_num, batch_size = 128, 32
+    try:
+        scores = token_scores(model, msg.ids, msg.n_ctx, top=msg.top, mc_num=mc_num, batch_size=batch_size,
+                              seed=msg.seed)
+    except (ValueError, RuntimeError) as err:  # checked in the API process already; report rather than die
+        return Scored(msg.request_id, error=str(err))
+    return Scored(msg.request_id, scores, 1 if model.config.kind == "ar" else mc_num // batch_size)

@@ -5,7 +5,7 @@ for `-`; OpenAI's `max_tokens` for max_new_tokens), sent as extra body fields (t
 `extra_body=`). Their types and ranges are checked by the spec when the engine prepares the request, so
 a wrong value, an option the decoder does not take, or a strategy the model cannot run is a 400 with one
 sentence naming the field. Unknown fields are ignored with a logged warning (as vLLM does); OpenAI fields
-unmask does not honour yet (`echo`, `suffix`, `best_of` above 1, `logprobs` with `stream`) are refused.
+unmask does not honour (`suffix`, `best_of` above 1, `echo` on chat) are refused.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from unmask.decode.spec import OPTIONS, http_name
 from unmask.engine.request import SamplingParams
 
 HTTP_OPTIONS = tuple(o for o in OPTIONS if o.field_name)
-NOT_YET = ("echo", "suffix")  # OpenAI fields unmask refuses rather than ignores
+NOT_YET = ("echo", "suffix")  # OpenAI fields unmask refuses rather than ignores (completions declare echo)
 MAX_N = 16
 
 
@@ -46,10 +46,7 @@ class OpenAIFields(BaseModel):
         if choice and isinstance(options.get("seed"), int) and not isinstance(options["seed"], bool):
             options["seed"] += choice
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        logprobs = self.top_alternatives()
-        if logprobs is not None and self.stream:
-            raise ValueError("logprobs with stream is not supported yet: ask for them without streaming")
-        return SamplingParams(http_name, stop=stop, logprobs=logprobs, **options)
+        return SamplingParams(http_name, stop=stop, logprobs=self.top_alternatives(), **options)
 
     def top_alternatives(self) -> int | None:
         """How many alternatives per token to report with its log-probability; None: no logprobs."""
@@ -59,7 +56,7 @@ class OpenAIFields(BaseModel):
         """The first field given that unmask does not honour, named in a sentence; None if all are honoured."""
         for field in NOT_YET:
             if (self.model_extra or {}).get(field) not in (None, False, 0):
-                return f"{field} is not supported by unmask serve yet; leave it out"
+                return f"{field} is not supported on this endpoint by unmask serve; leave it out"
         return None
 
     def ignored(self) -> list[str]:
@@ -78,9 +75,15 @@ class CompletionRequest(DecodingFields):
     # A string, a list of strings (one answer each), token ids, or a list of token-id lists.
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: Any = None  # how many alternatives per token (0: the token's own log-probability only)
+    # The prompt before the answer, in the text and (with logprobs) scored; with max_tokens 0 only the prompt.
+    echo: bool = False
 
     def top_alternatives(self) -> int | None:
         return self.logprobs  # the engine checks it: a whole number from 0 to 20
+
+    def scores_only(self) -> bool:
+        """max_tokens 0: score the prompt, generate nothing (what lm-eval's loglikelihood asks for)."""
+        return self.echo and self.max_tokens == 0 and not isinstance(self.max_tokens, bool)
 
 
 class TextPart(BaseModel):

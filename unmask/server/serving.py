@@ -14,15 +14,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
 from unmask.engine.engine import Engine
 from unmask.engine.request import Request, RequestOutput, SamplingParams
-from unmask.server.engine_core import Add, Cancel, CoreConfig, CoreStats, Ready, Step, Stop, run_core, widen_pipe
+from unmask.likelihood import TokenScore
+from unmask.server.engine_core import (Add, Cancel, CoreConfig, CoreStats, Ready, Score, Scored, Step, Stop, run_core,
+                                       widen_pipe)
 from unmask.server.metrics import Metrics
 
 SHUTTING_DOWN = "the server is shutting down"
@@ -54,6 +58,7 @@ class AsyncEngine:
         self.metrics = metrics or Metrics()
         self.stats = CoreStats()
         self.subs: dict[str, Subscription] = {}
+        self.scoring: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}  # prompts being scored
         self.send_lock = threading.Lock()
         self.max_queue = max_queue  # requests that may wait for a slot beyond the max_running in flight
         self.accepting = False
@@ -105,6 +110,8 @@ class AsyncEngine:
         """End every request still in flight with `message` (finish reason 'aborted')."""
         for rid in list(self.subs):
             self.deliver_all([RequestOutput(rid, [], True, "aborted", message)])
+        for rid in list(self.scoring):
+            self.deliver_scores([Scored(rid, error=message)], aborted=True)
 
     # -- the engine process's outputs ---------------------------------------------------------------
     def read_outputs(self) -> None:
@@ -116,6 +123,7 @@ class AsyncEngine:
                     self.stats = msg.stats
                     self.metrics.observe_engine(msg.stats)
                     self.deliver_all(msg.outputs)
+                    self.deliver_scores(msg.scored)
         except (EOFError, OSError):
             pass
         self.accepting = False
@@ -148,7 +156,43 @@ class AsyncEngine:
             except RuntimeError:  # that event loop has closed: nobody is waiting there any more
                 pass
 
+    def deliver_scores(self, scored: list[Scored], aborted: bool = False) -> None:
+        for s in scored:
+            waiting = self.scoring.pop(s.request_id, None)
+            if waiting is None:
+                continue
+            loop, future = waiting
+            if s.error is None:
+                result: Any = (s.scores, s.passes)
+            else:
+                result = (EngineUnavailable if aborted else ValueError)(s.error)
+            try:
+                loop.call_soon_threadsafe(settle, future, result)
+            except RuntimeError:  # that event loop has closed
+                pass
+
     # -- requests -----------------------------------------------------------------------------------
+    async def score(self, ids: list[int], n_ctx: int, top: int, seed: int) -> tuple[list[TokenScore], int]:
+        """`unmask.likelihood.token_scores` of `ids[n_ctx:]`, computed in the engine process between two
+        steps; returns the scores and the forward passes they took. ValueError if they cannot be computed."""
+        if not self.accepting or self.draining:
+            raise EngineUnavailable(self.failure or SHUTTING_DOWN)
+        if len(ids) > self.model.config.max_seq_len:
+            raise ValueError(f"the prompt ({len(ids)} tokens) exceeds this model's context of "
+                             f"{self.model.config.max_seq_len}")
+        rid = f"score-{uuid.uuid4().hex[:16]}"
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.scoring[rid] = (loop, future)
+        if not self.accepting:  # the engine stopped meanwhile: nobody would answer
+            self.scoring.pop(rid, None)
+            raise EngineUnavailable(self.failure or SHUTTING_DOWN)
+        self.send(Score(rid, list(ids), n_ctx, top, seed))
+        try:
+            return await future
+        finally:
+            self.scoring.pop(rid, None)
+
     def submit(self, prompt_ids: list[int], params: SamplingParams, queue: asyncio.Queue | None = None
                ) -> Subscription:
         """Queue a request (ValueError if it cannot run, EngineUnavailable if nothing can) and subscribe;
@@ -173,7 +217,7 @@ class AsyncEngine:
             self.metrics.requests.labels(outcome="cancelled").inc()
             self.send(Cancel(request_id))
 
-    def send(self, msg: Add | Cancel | Stop) -> None:
+    def send(self, msg: Add | Cancel | Score | Stop) -> None:
         try:
             with self.send_lock:  # one pipe, written from every event loop
                 self.to_core.send(msg)
@@ -201,6 +245,15 @@ class AsyncEngine:
     @property
     def waiting(self) -> int:
         return self.stats.waiting
+
+
+def settle(future: asyncio.Future, result: Any) -> None:
+    if future.done():  # the client left and its handler was cancelled
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
