@@ -16,6 +16,30 @@ ATTENTION_OF_KIND: dict[str, str] = {
 
 
 @dataclass
+class MoEConfig:
+    """A mixture-of-experts feed-forward (LLaDA2 / BailingMoeV2, DeepSeek-V3 routing): `n_experts` SwiGLU
+    experts of `expert_hidden`, `per_token` chosen per token by a sigmoid router plus a learned bias, among
+    the `topk_groups` best of `n_groups` expert groups; `n_shared` always-on experts; the first
+    `dense_layers` layers keep a dense feed-forward."""
+
+    n_experts: int
+    per_token: int
+    expert_hidden: int
+    n_shared: int = 0
+    n_groups: int = 1
+    topk_groups: int = 1
+    routed_scaling: float = 1.0
+    normalize: bool = True  # the chosen experts' weights sum to 1 (before routed_scaling)
+    dense_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_experts % self.n_groups or not 0 < self.topk_groups <= self.n_groups:
+            raise ValueError("n_experts must divide into n_groups, and 0 < topk_groups <= n_groups")
+        if not 0 < self.per_token <= self.n_experts:
+            raise ValueError("per_token must lie in 1..n_experts")
+
+
+@dataclass
 class ModelConfig:
     """Shape of one Transformer plus the special token ids it was trained with."""
 
@@ -33,6 +57,13 @@ class ModelConfig:
     kind: ModelKind = "diffusion"
     block_size: int | None = None  # only for block-diffusion
     logits_shift: bool = False  # Dream: position i scores token i+1
+    head_size: int | None = None  # None: dim / n_heads (Qwen3-style checkpoints set their own)
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys before RoPE (Qwen3, SDAR, LLaDA2)
+    rope_fraction: float = 1.0  # share of each head's dimensions RoPE rotates (LLaDA2: 0.5), the first ones
+    moe: MoEConfig | None = None
+    # Published block-diffusion families (SDAR, LLaDA2) decode with any block length, and attend block-
+    # causally with that length: the request's block_size is the attention's too, blocks from position 0.
+    flexible_blocks: bool = False
     ahead: int = 0  # causal models trained for introspective strided decoding: [MASK] slots proposing ahead
     mask_token_id: int | None = None
     eos_token_id: int | None = None
@@ -45,8 +76,12 @@ class ModelConfig:
             self.ffn_hidden = 32 * ((8 * self.dim // 3 + 31) // 32)
         if self.kind not in ATTENTION_OF_KIND:
             raise ValueError(f"unknown model kind {self.kind!r}; expected one of {sorted(ATTENTION_OF_KIND)}")
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError("dim must divide by n_heads and n_heads by n_kv_heads")
+        if (self.head_size is None and self.dim % self.n_heads) or self.n_heads % self.n_kv_heads:
+            raise ValueError("dim must divide by n_heads (unless head_size is given) and n_heads by n_kv_heads")
+        if isinstance(self.moe, dict):  # read back from config.json
+            self.moe = MoEConfig(**self.moe)
+        if not 0 < self.rope_fraction <= 1 or int(self.head_dim * self.rope_fraction) % 2:
+            raise ValueError("rope_fraction must lie in (0, 1] and rotate an even number of dimensions")
         if self.kind == "block-diffusion" and not self.block_size:
             raise ValueError("a block-diffusion model needs block_size")
 
@@ -56,7 +91,11 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rope_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -137,7 +137,7 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype | No
     if cfg.tie_embeddings:
         model.head.weight = model.embed.weight
     # RoPE tables are not saved, and stay float32 whatever the weights' dtype
-    model.rope = type(model.rope)(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta).to(device)
+    model.rope = type(model.rope).of(cfg).to(device)
     return attach(model.eval(), load_tokenizer(folder), name=str(name_or_path), meta=raw)
 
 

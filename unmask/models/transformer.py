@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unmask.config import ModelConfig
+from unmask.models.feed_forward import FeedForward, MoEFeedForward
 from unmask.models.kv_cache import KVCache
 from unmask.models.paged_cache import PassView
 
@@ -30,15 +31,21 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half RoPE (the LLaMA/LLaDA/Qwen2 layout), tables kept in float32."""
+    """Rotate-half RoPE (the LLaMA/LLaDA/Qwen2 layout) over each head's first `rotary_dim` dimensions (all of
+    them but for partial-rotary models such as LLaDA2), tables kept in float32."""
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+    def __init__(self, rotary_dim: int, max_seq_len: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.rotary_dim = rotary_dim
+        inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
         freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)  # (max_seq_len, head_dim)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (max_seq_len, rotary_dim)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> "RotaryEmbedding":
+        return cls(cfg.rotary_dim, cfg.max_seq_len, cfg.rope_theta)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin at `positions` `# (B, L)`, each `# (B, 1, L, D)`: gathered once per forward, used by every layer."""
@@ -48,9 +55,13 @@ class RotaryEmbedding(nn.Module):
         """x `# (B, H, L, D)` rotated by `tables` (from `tables(positions)`)."""
         cos, sin = tables
         xf = x.float()
+        kept = None
+        if self.rotary_dim < xf.shape[-1]:  # partial rotary: the last dimensions pass through
+            xf, kept = xf[..., :self.rotary_dim], xf[..., self.rotary_dim:]
         x1, x2 = xf.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
-        return (xf * cos + rotated * sin).to(x.dtype)
+        out = xf * cos + rotated * sin
+        return (out if kept is None else torch.cat([out, kept], dim=-1)).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -61,6 +72,9 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        # Qwen3 / SDAR / LLaDA2: each head's queries and keys RMS-normalised before RoPE
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, rot: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int | torch.Tensor, extent: int
@@ -69,6 +83,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = self.wk(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         v = self.wv(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(q, rot), rope(k, rot)
         if cache is not None:
             k, v = cache.update(layer, start, k, v, extent)  # (B, Hkv, extent, D)
@@ -79,24 +95,14 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(B, L, -1))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.gate = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
-        self.up = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
-        self.down = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = FeedForward(cfg)
+        moe = cfg.moe is not None and index >= cfg.moe.dense_layers
+        self.ffn = MoEFeedForward(cfg.dim, cfg.moe) if moe else FeedForward(cfg.dim, cfg.ffn_hidden)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, rot: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int | torch.Tensor, extent: int
@@ -140,12 +146,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.rope = RotaryEmbedding.of(cfg)
         self.apply(self._init)
         for name, p in self.named_parameters():
             if name.endswith("wo.weight") or name.endswith("down.weight"):

@@ -1,4 +1,5 @@
-"""Published checkpoint folders (LLaDA, Dream) mapped onto our Transformer, read lazily from safetensors."""
+"""Published checkpoint folders (LLaDA, Dream, SDAR, Fast-dLLM v2, LLaDA2) mapped onto our Transformer, read
+lazily from safetensors."""
 from __future__ import annotations
 
 import json
@@ -11,15 +12,26 @@ from unmask.chat_template import load_chat_template
 from unmask.config import ModelConfig
 from unmask.models.checkpoints import attach
 from unmask.models.dtypes import checkpoint_dtype, resolve_dtype
-from unmask.models.hf import dream, llada
+from unmask.models.hf import dream, fast_dllm_v2, llada, llada2, sdar
 from unmask.models.transformer import Transformer
 from unmask.models.weights import iter_tensors, stored_dtype
 from unmask.tokenizers import HFTokenizer
 
-# model_type -> (config mapper, tensor-name mapper)
-ARCHITECTURES: dict[str, tuple[Callable[[dict], ModelConfig], Callable[[str], str | None]]] = {
-    "llada": (llada.model_config, llada.our_name),
-    "dream": (dream.model_config, dream.our_name),
+Convert = Callable[[str, torch.Tensor], list[tuple[str, torch.Tensor]]]  # a file's tensor -> ours (0, 1 or more)
+
+
+def renamed(our_name: Callable[[str], str | None]) -> Callable[[ModelConfig], Convert]:
+    """A converter that only renames, one tensor to one."""
+    return lambda _: lambda name, tensor: [] if our_name(name) is None else [(our_name(name), tensor)]
+
+
+# model_type (lower case) -> (config mapper, converter for that config)
+ARCHITECTURES: dict[str, tuple[Callable[[dict], ModelConfig], Callable[[ModelConfig], Convert]]] = {
+    "llada": (llada.model_config, renamed(llada.our_name)),
+    "dream": (dream.model_config, renamed(dream.our_name)),
+    "sdar": (sdar.model_config, renamed(sdar.our_name)),
+    "fast_dllm_qwen": (fast_dllm_v2.model_config, renamed(fast_dllm_v2.our_name)),
+    "llada2_moe": (llada2.model_config, llada2.tensors),
 }
 
 
@@ -47,8 +59,9 @@ def load_published(folder: Path, *, dtype: str | torch.dtype | None = None,
     if arch not in ARCHITECTURES:
         raise ValueError(f"unsupported architecture {raw.get('model_type')!r} in {folder}/config.json; "
                          f"supported: {', '.join(ARCHITECTURES)}")
-    make_config, rename = ARCHITECTURES[arch]
+    make_config, converter = ARCHITECTURES[arch]
     cfg = make_config(raw)
+    convert = converter(cfg)
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = {k: v for k, v in model.state_dict().items()}
@@ -56,22 +69,21 @@ def load_published(folder: Path, *, dtype: str | torch.dtype | None = None,
     dtype = dtype or checkpoint_dtype(raw, stored_dtype(files[0]))
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        for name, tensor in iter_tensors(path, dtype=dtype, device=device):
-            ours = rename(name)
-            if ours is None:
-                continue
-            if ours not in expected:
-                raise ValueError(f"tensor {name} (as {ours}) has no place in a {arch} model of this config")
-            if tuple(tensor.shape) != tuple(expected[ours].shape):
-                raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[ours].shape)}")
-            state[ours] = tensor
+        for name, stored in iter_tensors(path, dtype=dtype, device=device):
+            for ours, tensor in convert(name, stored):
+                if ours not in expected:
+                    raise ValueError(f"tensor {name} (as {ours}) has no place in a {arch} model of this config")
+                if tuple(tensor.shape) != tuple(expected[ours].shape):
+                    raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, expected "
+                                     f"{tuple(expected[ours].shape)} for {ours}")
+                state[ours] = tensor.contiguous()
     missing = sorted(set(expected) - set(state) - ({"head.weight"} if cfg.tie_embeddings else set()))
     if missing:
         raise ValueError(f"checkpoint {folder} lacks tensor(s) for {', '.join(missing[:5])}")
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings:
         model.head.weight = model.embed.weight
-    model.rope = type(model.rope)(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta).to(device)
+    model.rope = type(model.rope).of(cfg).to(device)
     tok_path = folder / "tokenizer.json"
     ids = {"mask_token_id": cfg.mask_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
     tokenizer = HFTokenizer(tok_path, chat_template=load_chat_template(folder), **ids) if tok_path.exists() else None
