@@ -64,6 +64,7 @@ class ModelConfig:
     # Published block-diffusion families (SDAR, LLaDA2) decode with any block length, and attend block-
     # causally with that length: the request's block_size is the attention's too, blocks from position 0.
     flexible_blocks: bool = False
+    native_decoder: str | None = None  # the strategy a published family decodes with by default (sdar, llada2, ...)
     ahead: int = 0  # causal models trained for introspective strided decoding: [MASK] slots proposing ahead
     mask_token_id: int | None = None
     eos_token_id: int | None = None

@@ -5,6 +5,7 @@ from typing import Any
 
 from unmask.decode.strategies.base import Strategy
 from unmask.decode.strategies.factor import Factor
+from unmask.decode.strategies.family import BlockQuota, SubBlocks
 from unmask.decode.strategies.low_confidence import LowConfidence
 from unmask.decode.strategies.random_remask import RandomRemask
 from unmask.decode.strategies.threshold import Threshold
@@ -16,6 +17,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "threshold": Threshold,
     "factor": Factor,
     "verifier": Verifier,
+    "sdar": BlockQuota,
+    "llada2": BlockQuota,  # SDAR's `dynamic` rule, its default
+    "fast_dllm_v2": SubBlocks,
 }
 
 

@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 BLOCK_RULES = ("low_confidence", "random", "threshold", "factor", "verifier")
-DECODERS = (*BLOCK_RULES, "d2f", "isd", "ar")
+# The published block-diffusion families' own decoding, on the model's block grid (decode/strategies/family.py)
+FAMILY_RULES = ("sdar", "llada2", "fast_dllm_v2")
+DECODERS = (*BLOCK_RULES, *FAMILY_RULES, "d2f", "isd", "ar")
 EVERY = frozenset(DECODERS)
 RULES = frozenset(BLOCK_RULES)
+FAMILY = frozenset(FAMILY_RULES)
 CONFIDENT = frozenset({"low_confidence", "threshold", "factor", "verifier", "d2f"})
 SAMPLERS = frozenset(DECODERS)  # every decoder samples through a top-k / top-p filter
 # Which model kinds each decoder runs on.
-KINDS_OF = {**{r: ("diffusion", "block-diffusion") for r in BLOCK_RULES}, "d2f": ("block-diffusion",),
-            "isd": ("ar",), "ar": ("ar",)}
+KINDS_OF = {**{r: ("diffusion", "block-diffusion") for r in BLOCK_RULES}, **{r: ("block-diffusion",) for r in FAMILY_RULES},
+            "d2f": ("block-diffusion",), "isd": ("ar",), "ar": ("ar",)}
 # Caches, and the attention each one needs: approximate caches re-run a bidirectional model's columns,
 # exact ones keep keys/values a causal or block-causal model never changes.
 CACHE_ATTENTION = {"none": ("bidirectional", "block-causal", "causal"), "prefix": ("bidirectional",),
@@ -79,17 +82,25 @@ OPTIONS: tuple[Option, ...] = (
            **_range(0, SEED_LIMIT - 1)),
     Option("stop_at_eos", bool, "end each answer at its first EOS", cli=False, http=""),
     Option("block_size", int, f"semi-autoregressive block length (default {DEFAULT_BLOCK_SIZE}; a block-diffusion "
-           "model's own block size)", RULES, **_range(1)),
+           "model's own block size)", RULES | FAMILY, **_range(1)),
+    Option("block_steps", int, "sdar, llada2: denoising steps per block (SDAR's denoising_steps, LLaDA2's steps; "
+           "default: the block length)", frozenset({"sdar", "llada2"}), **_range(1)),
+    Option("remasking", str, "sdar: which masks a step commits (dynamic: above the threshold, at least the step's "
+           "quota; static: the quota's most confident; sequential: the quota's left-most)", frozenset({"sdar"}),
+           choices=("dynamic", "static", "sequential")),
+    Option("sub_block", int, "fast_dllm_v2: sub-block length decoded in turn inside a block (small_block_size; "
+           "default 8, at most the block)", frozenset({"fast_dllm_v2"}), **_range(1)),
     Option("steps", int, "denoising steps over all blocks (default: one token per step)",
            frozenset({"low_confidence", "random"}), **_range(1), implies="low_confidence"),
     Option("threshold", float, "commit every position at least this sure (threshold 0.9, verifier 0.7; d2f's "
-           "tau_conf 0.9)", frozenset({"threshold", "verifier", "d2f"}), **_range(0, 1.01, open_low=True),
+           "tau_conf 0.9; sdar 0.85, llada2 0.95, fast_dllm_v2 0.9)", frozenset({"threshold", "verifier", "d2f"}) | FAMILY,
+           **_range(0, 1.01, open_low=True),
            implies="threshold"),
     Option("factor", float, "Fast-dLLM's factor rule f (1.0)", frozenset({"factor"}), **_range(0, 100, open_low=True),
            implies="factor"),
     Option("confidence", str, "how a rule scores proposals (prob)", CONFIDENT, choices=("prob", "margin", "entropy")),
     Option("cache", str, "KV cache: approximate prefix | dual | delayed (diffusion), exact (block diffusion, AR), "
-           "none", RULES | {"ar", "d2f"}, choices=tuple(CACHE_ATTENTION)),
+           "none", RULES | FAMILY | {"ar", "d2f"}, choices=tuple(CACHE_ATTENTION)),
     Option("refresh_every", int, "with an approximate cache: recompute everything every K steps (delayed: 8)",
            RULES, **_range(1)),
     Option("early_commit", "gaps", "Prophet: commit all remaining masks once the top1-top2 logit gap clears GAPS "
@@ -119,6 +130,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "verifier": {"threshold": 0.7, "confidence": "prob", "cache": "none", "verifier": "sort-ar-small",
                  "accept": 0.2, "verifier_rule": "prob"},
     "d2f": {"threshold": 0.9, "add": 0.1, "activate": 0.95, "confidence": "prob", "cache": "exact"},
+    "sdar": {"threshold": 0.85, "remasking": "dynamic", "cache": "exact"},
+    "llada2": {"threshold": 0.95, "cache": "exact"},
+    "fast_dllm_v2": {"threshold": 0.9, "cache": "exact"},
     "isd": {},
     "ar": {"cache": "exact"},
 }
@@ -128,7 +142,7 @@ DEFAULT_DECODING: dict[str, dict[str, Any]] = {
     "ar": {"strategy": "ar"},
     "diffusion": {"strategy": "threshold", "threshold": 0.9, "confidence": "entropy", "cache": "dual"},
     "block-diffusion": {"strategy": "d2f"},  # per-row blocks on the model's own grid, cached exactly
-}
+}  # a published family's folder names its own decoder instead (ModelConfig.native_decoder)
 
 Namer = Callable[[str], str]
 
@@ -170,13 +184,20 @@ class Decoding:
     verifier_rule: str | None = None
     add: float | None = None
     activate: float | None = None
+    block_steps: int | None = None
+    remasking: str | None = None
+    sub_block: int | None = None
     given: frozenset[str] = field(default=frozenset(), compare=False)  # the options the request set itself
 
     def rule_options(self) -> dict[str, Any]:
         """The step rule's own constructor options (unmask.decode.registry)."""
+        sampling = ("temperature", "top_k", "top_p")
         names = {"threshold": ("threshold", "confidence"), "factor": ("factor", "confidence"),
                  "low_confidence": ("confidence",), "random": (),
-                 "verifier": ("threshold", "confidence", "accept", "verifier_rule")}[self.strategy]
+                 "verifier": ("threshold", "confidence", "accept", "verifier_rule"),
+                 "sdar": ("threshold", "remasking", "block_steps", *sampling),
+                 "llada2": ("threshold", "block_steps", *sampling),
+                 "fast_dllm_v2": ("threshold", "sub_block", *sampling)}[self.strategy]
         return {n: getattr(self, n) for n in names}
 
     def verifier_name(self) -> str | None:
@@ -251,9 +272,10 @@ def parse_gaps(value: Any, name: str) -> tuple[float, ...] | None:
     return gaps * 3 if len(gaps) == 1 else gaps
 
 
-def choose_strategy(kind: str, given: dict[str, Any], namer: Namer) -> tuple[str, dict[str, Any]]:
+def choose_strategy(config: Any, given: dict[str, Any], namer: Namer) -> tuple[str, dict[str, Any]]:
     """(strategy, the preset under the request's options) when the request names no strategy."""
-    default = dict(DEFAULT_DECODING[kind])
+    native = getattr(config, "native_decoder", None)
+    default = {"strategy": native} if native else dict(DEFAULT_DECODING[config.kind])
     strategy = default.pop("strategy")
     foreign = [n for n in given if strategy not in BY_NAME[n].decoders]
     if not foreign:
@@ -283,7 +305,7 @@ def resolve(config: Any, options: Mapping[str, Any], namer: Namer = python_name)
     strategy = given.pop("strategy", None)
     preset: dict[str, Any] = {}
     if strategy is None:
-        strategy, preset = choose_strategy(kind, {n: v for n, v in given.items() if n not in GENERAL}, namer)
+        strategy, preset = choose_strategy(config, {n: v for n, v in given.items() if n not in GENERAL}, namer)
     if kind not in KINDS_OF[strategy]:
         raise ValueError(kind_refusal(strategy, kind))
     for name in given:
@@ -295,12 +317,26 @@ def resolve(config: Any, options: Mapping[str, Any], namer: Namer = python_name)
     if strategy in BLOCK_RULES and "cache" not in given and config.attention == "block-causal":
         values["cache"] = "exact"  # exact for a block-causal model: the same tokens, finished blocks never rerun
     check_combination(strategy, config, values, namer)
-    if strategy in BLOCK_RULES and values.get("block_size") is None:
+    if strategy in BLOCK_RULES + FAMILY_RULES and values.get("block_size") is None:
         values["block_size"] = config.block_size if kind == "block-diffusion" else DEFAULT_BLOCK_SIZE
+    if strategy in FAMILY_RULES:
+        check_family(strategy, config, values, namer)
     if values.get("cache") == "delayed" and values.get("refresh_every") is None:
         values["refresh_every"] = DELAYED_REFRESH
     fields = {f.name for f in dataclasses.fields(Decoding)}
     return Decoding(strategy=strategy, given=frozenset(given), **{k: v for k, v in values.items() if k in fields})
+
+
+def check_family(strategy: str, config: Any, v: dict[str, Any], namer: Namer) -> None:
+    """A family rule decodes on the model's block grid: a fixed grid takes no other block size."""
+    if v["block_size"] != config.block_size and not getattr(config, "flexible_blocks", False):
+        raise ValueError(f"this model's blocks are fixed at {config.block_size} tokens: strategy {strategy!r} decodes "
+                         f"on them, so {namer('block_size')} can only be {config.block_size}")
+    if strategy == "fast_dllm_v2":
+        v["sub_block"] = v.get("sub_block") or min(8, v["block_size"])
+        if v["sub_block"] > v["block_size"]:
+            raise ValueError(f"{namer('sub_block')} ({v['sub_block']}) must not exceed the block "
+                             f"({v['block_size']} tokens)")
 
 
 def kind_refusal(strategy: str, kind: str) -> str:

@@ -28,7 +28,12 @@ class Window:
         """Logits for columns [lo, hi) `# (hi-lo, V)`; a column outside the window gets a neighbour's
         (rules only read masked columns, and every masked column a step needs is in its window)."""
         if self.cols is None:
-            assert self.first <= lo and hi - self.first <= self.logits.shape[0], "the window misses the block"
-            return self.logits[lo - self.first:hi - self.first]
+            if self.first <= lo:
+                assert hi - self.first <= self.logits.shape[0], "the window misses the block"
+                return self.logits[lo - self.first:hi - self.first]
+            # a shifted model's block starting at column 0 (or just after the cache): nothing scores its first
+            # column, which is never masked (a prompt token, or filled autoregressively)
+            assert lo == self.first - 1, "the window misses the block"
+            return torch.cat([self.logits[:1], self.logits[:hi - self.first]])
         idx = torch.searchsorted(self.cols, torch.arange(lo, hi, device=self.cols.device))
         return self.logits[idx.clamp(max=self.cols.numel() - 1)]

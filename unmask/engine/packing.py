@@ -79,8 +79,9 @@ def pass_mask(works: list[Work], positions: torch.Tensor, n: list[int], K: int, 
     qp = positions[:, :, None]
     if attention == "causal":
         allowed = allowed & (kcol[None, None, :] <= qp)
-    elif attention == "block-causal":
-        allowed = allowed & (kcol[None, None, :] // block_size <= qp // block_size)
+    elif attention == "block-causal":  # each row's own block (a flexible family's request), else the model's
+        size = torch.tensor([w.block_size or block_size for w in works], device=dev)[:, None, None]
+        allowed = allowed & (kcol[None, None, :] // size <= qp // size)
     allowed = allowed.clone()
     for i in explicit:
         allowed[i, :n[i]] = False

@@ -6,10 +6,11 @@ import torch
 from unmask.decode.registry import make_strategy
 from unmask.decode.rows.autoregressive import ARRow
 from unmask.decode.rows.base import MAIN, Progress, Row, Work
+from unmask.decode.rows.aligned import AlignedBlockRow
 from unmask.decode.rows.blocks import BlockRow
 from unmask.decode.rows.pipeline import PipelineRow
 from unmask.decode.rows.strided import StridedRow
-from unmask.decode.spec import BLOCK_RULES, Decoding
+from unmask.decode.spec import BLOCK_RULES, FAMILY_RULES, Decoding
 
 __all__ = ["MAIN", "Progress", "Row", "Work", "build_row"]
 
@@ -22,5 +23,7 @@ def build_row(model: torch.nn.Module, prompt: torch.Tensor, d: Decoding, generat
         return StridedRow(model, prompt, d, generator)
     if d.strategy == "d2f":
         return PipelineRow(model, prompt, d, generator)
+    if d.strategy in FAMILY_RULES:
+        return AlignedBlockRow(model, prompt, d, make_strategy(d.strategy, **d.rule_options()), generator)
     assert d.strategy in BLOCK_RULES, d.strategy
     return BlockRow(model, prompt, d, make_strategy(d.strategy, **d.rule_options()), generator)

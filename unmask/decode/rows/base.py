@@ -29,6 +29,7 @@ class Work:
     cols: torch.Tensor | None = None  # (Lq,) scattered columns (delayed cache); None: contiguous from start
     mask: torch.Tensor | None = None  # (Lq, keys) bool, True where a query may attend; None: the model's own rule
     model: str = MAIN
+    block_size: int | None = None  # block-causal attention's block for this row; None: the model's own
 
     @property
     def columns(self) -> torch.Tensor:
@@ -106,6 +107,7 @@ class Row:
 
     def extend(self, tokens: list[int]) -> None:
         """Append newly final tokens; an EOS among them ends the row there (when it stops at EOS)."""
+        tokens = tokens[:self.max_new_tokens - len(self.final)]  # a block grid may run past the budget
         if self.stop_at_eos and self.eos_id in tokens:
             self.final += tokens[:tokens.index(self.eos_id)]
             self.finish("stop")

@@ -47,7 +47,10 @@ class BlockColumns:
             return 0, T, None, T
         if self.cache == "exact":
             end = model_block_end(e - 1, self.model_block, T)
-            return self.committed, end, None, end
+            # From the first uncommitted column, or from the column scoring the block's first position when a
+            # shifted model has committed it already (rerun: same inputs, same keys and values).
+            lo = min(self.committed, max(s, 0))
+            return lo, end, None, end
         if self.cache == "delayed":
             due = self.due(self.count)
             self.count += 1

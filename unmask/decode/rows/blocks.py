@@ -31,17 +31,17 @@ class BlockRow(Row):
         super().__init__(d.max_new_tokens, model.eos_token_id, d.stop_at_eos)
         cfg = model.config
         self.mask_id = model.mask_token_id
-        N, P = d.max_new_tokens, prompt.numel()
-        self.P, self.T = P, P + N
-        self.x = torch.cat([prompt, torch.full((N,), self.mask_id, dtype=torch.long, device=prompt.device)])  # (T,)
-        block = min(d.block_size, N)
-        self.spans = [(P + s, P + e) for s, e in block_spans(N, block)]
-        self.budgets = steps_per_block(N, block, d.steps)
+        self.P = prompt.numel()
+        self.T, self.spans, self.budgets, model_block = self.layout(cfg, d)
+        masks = torch.full((self.T - self.P,), self.mask_id, dtype=torch.long, device=prompt.device)
+        self.x = torch.cat([prompt, masks])  # (T,)
         self.strategy, self.generator, self.temperature = strategy, generator, d.temperature
         self.top_k, self.top_p = d.top_k, d.top_p
         self.early = EarlyCommit(d.early_commit, d.early_commit_pool) if d.early_commit is not None else None
         self.shift = bool(cfg.logits_shift)
-        self.columns = BlockColumns(d.cache, d.refresh_every, self.T, self.shift, cfg.block_size, self.mask_id)
+        self.columns = BlockColumns(d.cache, d.refresh_every, self.T, self.shift, model_block, self.mask_id)
+        # The attention's block: a flexible family (SDAR, LLaDA2) attends with the request's block length.
+        self.attention_block = d.block_size if getattr(cfg, "flexible_blocks", False) else None
         self.verifier = d.verifier_name()
         self.footprint = {MAIN: self.T, **({self.verifier: self.T} if self.verifier else {})}
         self.block, self.step, self.phase = 0, 0, SCORE
@@ -50,6 +50,15 @@ class BlockRow(Row):
         self.ran: Work | None = None
         self.pending: tuple | None = None  # (x0, conf, commit, window) awaiting the verifier's verdict
         self.begin_block()
+
+    def layout(self, cfg, d: Decoding) -> tuple[int, list[tuple[int, int]], list[int], int | None]:
+        """(canvas length, decode blocks [s, e), steps per block, the model's attention block): the answer's
+        `max_new_tokens` cut into blocks of `block_size` from the prompt's end."""
+        N = d.max_new_tokens
+        block = min(d.block_size, N)
+        spans = [(self.P + s, self.P + e) for s, e in block_spans(N, block)]
+        model_block = d.block_size if getattr(cfg, "flexible_blocks", False) else cfg.block_size
+        return self.P + N, spans, steps_per_block(N, block, d.steps), model_block
 
     def begin_block(self) -> None:
         s, e = self.spans[self.block]
@@ -63,7 +72,7 @@ class BlockRow(Row):
         span = self.spans[self.block]
         lo, hi, cols, keys = self.columns.next(self.x, span, self.step)
         ids = self.x[lo:hi] if cols is None else self.x[cols]
-        self.ran = Work(ids, lo, keys, cols)
+        self.ran = Work(ids, lo, keys, cols, block_size=self.attention_block)
         return self.ran
 
     def take(self, logits: torch.Tensor) -> None:

@@ -11,4 +11,5 @@ __all__ = ["model_config", "our_name"]
 
 def model_config(raw: dict) -> ModelConfig:
     return ModelConfig(**shape_fields(raw), qkv_bias=True, kind="block-diffusion",
-                       block_size=int(raw.get("bd_size", 32)), logits_shift=True)
+                       block_size=int(raw.get("bd_size", 32)), logits_shift=True,
+                       native_decoder="fast_dllm_v2")

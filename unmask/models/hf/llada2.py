@@ -41,7 +41,7 @@ def model_config(raw: dict) -> ModelConfig:
         norm_eps=raw.get("rms_norm_eps", 1e-6), head_size=raw.get("head_dim"),
         qk_norm=bool(raw.get("use_qk_norm", True)), rope_fraction=float(raw.get("partial_rotary_factor", 1.0)),
         moe=moe, tie_embeddings=bool(raw.get("tie_word_embeddings")), kind="block-diffusion",
-        block_size=DEFAULT_BLOCK, flexible_blocks=True, mask_token_id=raw.get("mask_token_id"),
+        block_size=DEFAULT_BLOCK, flexible_blocks=True, native_decoder="llada2", mask_token_id=raw.get("mask_token_id"),
         eos_token_id=first(raw.get("eos_token_id")), pad_token_id=raw.get("pad_token_id"))
 
 

@@ -15,4 +15,4 @@ def model_config(raw: dict) -> ModelConfig:
     if raw.get("attention_bias"):
         raise ValueError("attention_bias true is not supported for sdar (the released models have none)")
     return ModelConfig(**shape_fields(raw), qk_norm=True, kind="block-diffusion", block_size=DEFAULT_BLOCK,
-                       flexible_blocks=True)
+                       flexible_blocks=True, native_decoder="sdar")
