@@ -93,10 +93,70 @@ def test_sharded_and_bfloat16_folders_load(name: str, tmp_path: Path) -> None:
 
 def test_unsupported_settings_are_refused_by_name(tmp_path: Path) -> None:
     for name, field, value in (("sdar-tiny", "rope_scaling", {"type": "yarn", "factor": 4.0}),
-                               ("llada2-mini-tiny", "norm_head", True), ("sdar-tiny", "attention_bias", True)):
+                               ("llada2-mini-tiny", "use_qkv_bias", True), ("sdar-tiny", "attention_bias", True)):
         dst = tmp_path / f"{name}-{field}"
         shutil.copytree(REFERENCE / name, dst)
         raw = json.loads((dst / "config.json").read_text())
         (dst / "config.json").write_text(json.dumps({**raw, field: value}))
         with pytest.raises(ValueError, match=field):
             unmask.load_model(dst)
+
+
+def family_checkpoint(folder: Path, raw: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(raw))
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(*s, generator=gen) * 0.1 for k, s in shapes.items()}, folder / "model.safetensors")
+
+
+def test_other_shapes_load_head_dim_one_kv_head_tied_grouped_experts(tmp_path: Path) -> None:
+    """Shapes the tiny references do not have (the held-back ones do): head_dim not hidden / heads, one KV
+    head, tied embeddings; eight experts in four groups with two kept and two shared experts."""
+    V, D, H, hd, ffn = 160, 48, 4, 24, 64
+    sdar = {"model_type": "sdar", "vocab_size": V, "hidden_size": D, "num_hidden_layers": 1, "num_attention_heads": H,
+            "num_key_value_heads": 1, "head_dim": hd, "intermediate_size": ffn, "tie_word_embeddings": True,
+            "mask_token_id": 159, "eos_token_id": 158, "rope_theta": 1e4, "rms_norm_eps": 1e-5}
+    p = "model.layers.0."
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,), p + "input_layernorm.weight": (D,),
+              p + "post_attention_layernorm.weight": (D,), p + "self_attn.q_proj.weight": (H * hd, D),
+              p + "self_attn.k_proj.weight": (hd, D), p + "self_attn.v_proj.weight": (hd, D),
+              p + "self_attn.o_proj.weight": (D, H * hd), p + "self_attn.q_norm.weight": (hd,),
+              p + "self_attn.k_norm.weight": (hd,), p + "mlp.gate_proj.weight": (ffn, D),
+              p + "mlp.up_proj.weight": (ffn, D), p + "mlp.down_proj.weight": (D, ffn)}
+    family_checkpoint(tmp_path / "sdar", sdar, shapes)
+    model = unmask.load_model(tmp_path / "sdar")
+    assert model.config.head_dim == hd and model.head.weight is model.embed.weight
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3, 159]]))).all()
+
+    E, G, hidden = 8, 4, 16
+    llada2 = {"model_type": "llada2_moe", "vocab_size": V, "hidden_size": D, "num_hidden_layers": 2,
+              "num_attention_heads": H, "num_key_value_heads": 2, "intermediate_size": ffn, "num_experts": E,
+              "num_experts_per_tok": 2, "n_group": G, "topk_group": 2, "num_shared_experts": 2,
+              "moe_intermediate_size": hidden, "routed_scaling_factor": 1.5, "first_k_dense_replace": 1,
+              "partial_rotary_factor": 0.5, "tie_word_embeddings": True, "mask_token_id": 159, "eos_token_id": 156}
+    hd = D // H
+    shapes = {"model.word_embeddings.weight": (V, D), "model.norm.weight": (D,)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
+                       p + "attention.query_key_value.weight": ((H + 4) * hd, D), p + "attention.dense.weight": (D, D),
+                       p + "attention.query_layernorm.weight": (hd,), p + "attention.key_layernorm.weight": (hd,)})
+    shapes.update({"model.layers.0.mlp." + n: s for n, s in (("gate_proj.weight", (ffn, D)),
+                                                              ("up_proj.weight", (ffn, D)), ("down_proj.weight", (D, ffn)))})
+    moe = "model.layers.1.mlp."
+    shapes.update({moe + "gate.weight": (E, D), moe + "gate.expert_bias": (E,)})
+    for who, width in [(f"experts.{e}", hidden) for e in range(E)] + [("shared_experts", 2 * hidden)]:
+        shapes.update({f"{moe}{who}.gate_proj.weight": (width, D), f"{moe}{who}.up_proj.weight": (width, D),
+                       f"{moe}{who}.down_proj.weight": (D, width)})
+    family_checkpoint(tmp_path / "llada2", llada2, shapes)
+    model = unmask.load_model(tmp_path / "llada2")
+    ffn_layer = model.layers[1].ffn
+    assert ffn_layer.shared.gate.weight.shape == (2 * hidden, D) and model.config.rotary_dim == hd // 2
+    x = torch.randn(32, D)
+    experts, weights = ffn_layer.route(x)
+    scores = torch.sigmoid(x @ ffn_layer.router.weight.T) + ffn_layer.expert_bias
+    group_score = scores.view(32, G, E // G).topk(2, dim=-1).values.sum(-1)  # (32, G)
+    kept = group_score.topk(2, dim=-1).indices  # the two best groups
+    assert all(set((experts[i] // (E // G)).tolist()) <= set(kept[i].tolist()) for i in range(32))
+    assert torch.allclose(weights.sum(-1), torch.full((32,), 1.5))
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3, 159]]))).all()

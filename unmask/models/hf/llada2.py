@@ -20,7 +20,8 @@ _TOP = {"model.word_embeddings.weight": "embed.weight", "model.norm.weight": "no
 
 def model_config(raw: dict) -> ModelConfig:
     refuse_unsupported(raw)
-    for flag in ("use_bias", "use_qkv_bias", "norm_head"):
+    # (norm_head is a config field only: the family's modeling code never reads it, so neither do we)
+    for flag in ("use_bias", "use_qkv_bias"):
         if raw.get(flag):
             raise ValueError(f"{flag} true is not supported for llada2_moe (the released models have it false)")
     if raw.get("score_function", "sigmoid") != "sigmoid":
