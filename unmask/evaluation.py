@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from unmask.data import get_task
+from unmask.data.arith import ArithTask
 from unmask.data.sort import SortTask
 from unmask.decode.spec import Namer, python_name
 from unmask.generation import decode_requests
@@ -34,10 +35,10 @@ def task_of(model: torch.nn.Module, name: str | None = None):
     return get_task(name, **(options or {}))
 
 
-def sort_task_of(model: torch.nn.Module) -> SortTask | None:
-    """The sort task the model was trained on, or None (a text model, or one with no task)."""
+def sort_task_of(model: torch.nn.Module) -> SortTask | ArithTask | None:
+    """The prompt -> answer task (sort, arith) the model was trained on, or None (a text model, or no task)."""
     task = task_of(model) if getattr(model, "task", None) else None
-    return task if isinstance(task, SortTask) else None
+    return task if isinstance(task, (SortTask, ArithTask)) else None
 
 
 def prompt_for(model: torch.nn.Module, text: str) -> tuple[list[int], int]:
@@ -129,6 +130,6 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
 
 def evaluate(model: torch.nn.Module, task_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
     task = task_of(model, task_name)
-    if isinstance(task, SortTask):
+    if isinstance(task, (SortTask, ArithTask)):
         return evaluate_sort(model, task, **kwargs)
     return evaluate_text(model, task, **kwargs)

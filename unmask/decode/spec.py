@@ -107,6 +107,12 @@ OPTIONS: tuple[Option, ...] = (
            "(three, one per third of the answer, or one for all; on: 7.5,5,2.5)", RULES),
     Option("early_commit_pool", str, "with early_commit: pool the masked positions' gaps by their mean (Prophet) "
            "or require every one to clear the gap (min)", RULES, choices=("mean", "min")),
+    Option("template", bool, "ICE: write the task's scaffolding (operators, =, the marker) into the reasoning "
+           "section before decoding (arith-mdm)", RULES),
+    Option("answer_exit", float, "ICE answer-first exit: once the answer section's masks reach this confidence, "
+           "commit them and stop (arith-mdm)", RULES, **_range(0, 1, open_low=True)),
+    Option("answer_exit_pool", str, "with answer_exit: the answer masks' mean confidence, or every one's (min)",
+           RULES, choices=("mean", "min")),
     Option("verifier", str, "the AR model that vets each step (sort-ar-small)", frozenset({"verifier"}),
            implies="verifier"),
     Option("accept", float, "reject commits the verifier gives less than this probability (0.2)",
@@ -187,6 +193,9 @@ class Decoding:
     block_steps: int | None = None
     remasking: str | None = None
     sub_block: int | None = None
+    template: bool = False
+    answer_exit: float | None = None
+    answer_exit_pool: str = "mean"
     given: frozenset[str] = field(default=frozenset(), compare=False)  # the options the request set itself
 
     def rule_options(self) -> dict[str, Any]:
@@ -319,6 +328,8 @@ def resolve(config: Any, options: Mapping[str, Any], namer: Namer = python_name)
     check_combination(strategy, config, values, namer)
     if strategy in BLOCK_RULES + FAMILY_RULES and values.get("block_size") is None:
         values["block_size"] = config.block_size if kind == "block-diffusion" else DEFAULT_BLOCK_SIZE
+        if values.get("template") or values.get("answer_exit") is not None:  # ICE: reasoning and answer together
+            values["block_size"] = values.get("max_new_tokens", Decoding.max_new_tokens)
     if strategy in FAMILY_RULES:
         check_family(strategy, config, values, namer)
     if values.get("cache") == "delayed" and values.get("refresh_every") is None:
@@ -360,6 +371,9 @@ def check_combination(strategy: str, config: Any, v: dict[str, Any], namer: Name
         raise ValueError(f"strategy 'd2f' caches exactly on its own: {namer('cache')} can only be 'exact'")
     if v.get("refresh_every") is not None and cache not in APPROXIMATE:
         raise ValueError(f"{namer('refresh_every')} needs an approximate cache (prefix, dual or delayed)")
+    if v.get("answer_exit_pool", "mean") != "mean" and v.get("answer_exit") is None:
+        raise ValueError(f"{namer('answer_exit_pool')} pools the answer's confidence for the exit: set "
+                         f"{namer('answer_exit')} too")
     if v.get("early_commit_pool", "mean") != "mean" and v.get("early_commit") is None:
         raise ValueError(f"{namer('early_commit_pool')} pools the gaps of early commit: set "
                          f"{namer('early_commit')} too")

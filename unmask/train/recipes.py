@@ -90,12 +90,32 @@ RECIPES: dict[str, TrainConfig] = {
         name="shakespeare-ar", task="shakespeare", objective="ar", model=dataclasses.replace(TEXT_MODEL, kind="ar"),
         steps=600, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="autoregressive twin of shakespeare-mdm"),
+    # ICE (in-place reasoning): sums of 2-4 numbers, with the chain of running sums and without.
+    "arith-mdm": TrainConfig(
+        name="arith-mdm", task="arith", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        steps=5000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        description="masked-diffusion adder trained on prompt, fixed-width chain of running sums and answer "
+                    "(the answer at a fixed place: in-place reasoning and answer-first exit)"),
+    "arith-ar": TrainConfig(
+        name="arith-ar", task="arith", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
+        steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        description="autoregressive twin of arith-mdm: same shape, the same chains (without the padding)"),
+    "arith-mdm-direct": TrainConfig(
+        name="arith-mdm-direct", task="arith", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        task_options={"reasoning": False},
+        description="masked-diffusion adder trained on prompt and answer only (no reasoning): the contrast"),
     # Seconds-long recipes for tests and smoke runs.
     "tiny-sort-mdm": TrainConfig(
         name="tiny-sort-mdm", task="sort", objective="mdm",
         model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=256, kind="diffusion"),
         steps=20, batch_size=8, warmup_steps=2, eval_every=10, eval_batches=1, save_every=10,
         task_options={"max_len": 6, "max_window": 24}, description="test-sized sorter"),
+    "tiny-arith-mdm": TrainConfig(
+        name="tiny-arith-mdm", task="arith", objective="mdm",
+        model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=128, kind="diffusion"),
+        steps=20, batch_size=8, warmup_steps=2, eval_every=10, eval_batches=1, save_every=10,
+        description="test-sized in-place adder"),
     "tiny-sort-ar": TrainConfig(
         name="tiny-sort-ar", task="sort", objective="ar",
         model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=256, kind="ar"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from unmask.decode.early_commit import EarlyCommit
+from unmask.decode.in_place import AnswerExit, answer_layout
 from unmask.decode.rows.base import MAIN, Row, Work, final_prefix
 from unmask.decode.rows.block_cache import BlockColumns
 from unmask.decode.sampling import gumbel_argmax
@@ -34,7 +35,11 @@ class BlockRow(Row):
         self.P = prompt.numel()
         self.T, self.spans, self.budgets, model_block = self.layout(cfg, d)
         masks = torch.full((self.T - self.P,), self.mask_id, dtype=torch.long, device=prompt.device)
+        ice = answer_layout(model, prompt, d)  # ICE: a template and / or the answer section's place
+        if ice is not None and ice.canvas is not None:
+            masks = ice.canvas
         self.x = torch.cat([prompt, masks])  # (T,)
+        self.answer_exit = AnswerExit(ice, self.P, d.answer_exit, d.answer_exit_pool) if d.answer_exit else None
         self.strategy, self.generator, self.temperature = strategy, generator, d.temperature
         self.top_k, self.top_p = d.top_k, d.top_p
         self.early = EarlyCommit(d.early_commit, d.early_commit_pool) if d.early_commit is not None else None
@@ -124,6 +129,8 @@ class BlockRow(Row):
             self.note((s - self.P + idx).tolist(), x0[idx], window.at(s, e)[idx])
         if self.early is not None:
             self.commit_all(window)
+        if self.answer_exit is not None and self.exit_with_answer(x0, window):
+            return
         self.step += 1
         self.phase = DONE
         if bool((block == self.mask_id).any()):
@@ -147,6 +154,24 @@ class BlockRow(Row):
                            top_p=self.top_p)[0]  # (W,)
         self.note((cols[masked] - self.P).tolist(), x0[masked], logits[masked])
         self.x[cols] = torch.where(masked, x0, self.x[cols])
+
+    def exit_with_answer(self, x0: torch.Tensor, window) -> bool:
+        """ICE: commit the answer section and end the row, if its confidence says so (decode/in_place.py)."""
+        s, e = self.spans[self.block]
+        ex = self.answer_exit
+        answer = ex.decide(self.x, self.mask_id, (s, e), x0, window.at(s, e))
+        if answer is None:
+            return False
+        newly = (self.x[ex.lo:ex.hi] == self.mask_id).nonzero()[:, 0]
+        self.x[ex.lo:ex.hi] = answer
+        self.note((ex.lo - self.P + newly).tolist(), answer[newly], window.at(ex.lo, ex.hi)[newly])
+        self.step += 1
+        self.phase = DONE
+        self.steps_used.append(self.step)
+        self.extend(self.x[self.P + len(self.final):ex.hi].tolist())  # the reasoning as it stands, masks and all
+        if not self.done:
+            self.finish("stop")
+        return True
 
     def next_block(self) -> None:
         """Move past the finished block and any later one early commit already filled."""
