@@ -26,6 +26,8 @@ def add_decoding_flags(p: argparse.ArgumentParser) -> None:
             continue
         if o.kind == "gaps":
             p.add_argument(o.flag, nargs="?", const=",".join(str(g) for g in DEFAULT_GAPS), metavar="GAPS", help=o.help)
+        elif o.kind is bool:  # a switch: absent leaves the option to the decoder's default (None)
+            p.add_argument(o.flag, action="store_true", default=None, help=o.help)
         else:
             # Choices are checked by the spec too, so a wrong one gets the same sentence as everywhere else.
             p.add_argument(o.flag, type=o.kind, metavar="|".join(o.choices) if o.choices else None, help=o.help)
@@ -91,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, help="--published-shapes: scale of LLaDA-8B's sizes (default 0.125)")
     p.add_argument("--dtype", help="--published-shapes: float32 | bfloat16 | float16 (default: the checkpoint's, "
                                    "bfloat16)")
+    p.add_argument("--ice", action="store_true",
+                   help="in-place reasoning on the arith task: AR, no reasoning, reasoning, ICE with template and "
+                        "answer-first exit (ice.json/md)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
@@ -124,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds a connection may take to send its request headers (else it is closed)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="on SIGTERM/Ctrl-C, seconds requests in flight may run on before they end with an error")
+    p = sub.add_parser("lm-eval-tasks", help="print the folder of unmask's lm-eval tasks (for lm_eval --include_path)")
     return ap
 
 
@@ -258,6 +264,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         return
     if args.fraction is not None or args.dtype is not None:
         raise UserError("--fraction and --dtype go with --published-shapes")
+    if args.ice:
+        from unmask.bench.ice import markdown as ice_markdown
+        from unmask.bench.ice import run_ice_bench
+
+        if args.serve:
+            raise UserError("--ice and --serve are two benchmarks: run them one at a time")
+        check_device(args.device)
+        report = run_ice_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json, device=args.device)
+        print(json.dumps(report, default=str) if args.json else ice_markdown(report))
+        return
     if args.decoders is not None and not args.serve:
         raise UserError("--decoders goes with --serve")
     if args.serve:
@@ -349,8 +365,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
               header_timeout=args.header_timeout, grace=args.shutdown_grace)
 
 
+def cmd_lm_eval_tasks(args: argparse.Namespace) -> None:
+    """The folder holding unmask_sort/ and any later tasks: `lm_eval --include_path $(unmask lm-eval-tasks)`."""
+    from unmask.harness import TASKS_DIR
+
+    print(TASKS_DIR)
+
+
 COMMANDS = {"models": cmd_models, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train, "bench": cmd_bench,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "lm-eval-tasks": cmd_lm_eval_tasks}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,13 +69,14 @@ class Decoded:
 
 
 def decode_requests(model: torch.nn.Module, prompts: list[list[int]], options: dict[str, Any], namer: Namer,
-                    max_running: int, progress: str | None = None) -> Decoded:
+                    max_running: int, progress: str | None = None, stop: tuple[str, ...] = ()) -> Decoded:
     """Decode every prompt through one engine with at most `max_running` in flight (a finished request's
     slot refilled at once); prompt i samples with seed + i. Every refusal comes before any work; a request
-    that fails raises RuntimeError. `progress`: a tqdm label, or None for no bar."""
+    that fails raises RuntimeError. `progress`: a tqdm label, or None for no bar. `stop`: strings that end
+    a request once its text holds one (its output ids then run past the stop: the caller cuts the text)."""
     options = dict(options)
     seed = options.pop("seed", None)
-    params = [SamplingParams(namer, **options, seed=None if seed is None else (seed + i) % SEED_LIMIT)
+    params = [SamplingParams(namer, stop=stop, **options, seed=None if seed is None else (seed + i) % SEED_LIMIT)
               for i in range(len(prompts))]
     engine = Engine(model, max_running=max_running,
                     max_tokens=max_running * PagedKVCache.pages_needed(model.config.max_seq_len) * PAGE)

@@ -102,7 +102,6 @@ BAD = [
     (b'{"model": "MODEL", "prompt": "sort: 1", "best_of": 2}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "logprobs": -1}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "logprobs": true}', 400),  # completions take a count
-    (b'{"model": "MODEL", "prompt": "sort: 1", "echo": true}', 400),
     (b'{"model": "MODEL", "prompt": "sort: 1", "stop": [""]}', 400),
     (b'{"model": "MODEL", "prompt": [99999]}', 400),
     (b'{"model": "MODEL", "prompt": []}', 400),

@@ -37,19 +37,19 @@ def answer_layout(model: torch.nn.Module, prompt: torch.Tensor, d: Decoding) -> 
     from unmask.evaluation import sort_task_of
 
     task = sort_task_of(model)
-    which = "template" if d.template else "answer_exit"
+    which = d.namer("template" if d.template else "answer_exit")
     if not isinstance(task, ArithTask) or not task.reasoning:
         raise ValueError(f"{which} needs a model trained with a reasoning section and an answer at a fixed place "
                          f"(e.g. arith-mdm); this one has none")
     if d.max_new_tokens < task.max_window:
-        raise ValueError(f"{which} decodes the whole canvas of reasoning and answer: max_new_tokens must be at least "
+        raise ValueError(f"{which} decodes the whole canvas of reasoning and answer: {d.namer('max_new_tokens')} must be at least "
                          f"{task.max_window}, not {d.max_new_tokens}")
     canvas = None
     if d.template:
         tok = model.tokenizer
         values = task.terms(tok.decode(prompt.tolist()))
         if values is None or not task.min_terms <= len(values) <= task.max_terms:
-            raise ValueError(f"template: the prompt must be 'sum:' and {task.min_terms} to {task.max_terms} numbers")
+            raise ValueError(f"{which}: the prompt must be 'sum:' and {task.min_terms} to {task.max_terms} numbers")
         text = task.template(len(values))
         ids = [model.mask_token_id if c == "_" else tok.encode(c)[0] for c in text]
         ids += [model.mask_token_id] * (d.max_new_tokens - len(ids))

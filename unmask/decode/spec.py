@@ -197,6 +197,8 @@ class Decoding:
     answer_exit: float | None = None
     answer_exit_pool: str = "mean"
     given: frozenset[str] = field(default=frozenset(), compare=False)  # the options the request set itself
+    # How the request names its options, for the refusals a decoding row raises once it sees the model's task.
+    namer: Namer = field(default=python_name, compare=False, repr=False)
 
     def rule_options(self) -> dict[str, Any]:
         """The step rule's own constructor options (unmask.decode.registry)."""
@@ -335,7 +337,7 @@ def resolve(config: Any, options: Mapping[str, Any], namer: Namer = python_name)
     if values.get("cache") == "delayed" and values.get("refresh_every") is None:
         values["refresh_every"] = DELAYED_REFRESH
     fields = {f.name for f in dataclasses.fields(Decoding)}
-    return Decoding(strategy=strategy, given=frozenset(given), **{k: v for k, v in values.items() if k in fields})
+    return Decoding(strategy=strategy, given=frozenset(given), namer=namer, **{k: v for k, v in values.items() if k in fields})
 
 
 def check_family(strategy: str, config: Any, v: dict[str, Any], namer: Namer) -> None:
