@@ -114,7 +114,7 @@ class TrainConfig:
     name: str
     task: str  # "sort" or "shakespeare"
     model: ModelConfig
-    objective: Literal["mdm", "ar", "isd", "bd", "d2f", "sdtt"] = "mdm"
+    objective: Literal["mdm", "ar", "isd", "bd", "d2f", "sdtt", "diffu-grpo", "wd1", "trace-grpo"] = "mdm"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
@@ -145,6 +145,18 @@ class TrainConfig:
     init: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # RL (diffu-grpo, wd1, trace-grpo; unmask/rl/): a step is one iteration of batch_size rollouts, `group`
+    # per prompt, decoded with `rollout` (unmask's decoding options: the operating point RL trains for),
+    # scored by the weighted `rewards` (unmask/rl/rewards.py), then `inner_steps` updates (d1's mu).
+    group: int = 4
+    rollout: dict[str, Any] = field(default_factory=dict)
+    rewards: dict[str, float] = field(default_factory=lambda: {"exact": 1.0})
+    inner_steps: int = 1
+    clip_eps: float = 0.2  # GRPO's ratio clip
+    kl_beta: float = 0.0  # weight of the k3 KL to the frozen starting model (0: no reference pass)
+    p_mask_prompt: float = 0.15  # diffu-grpo, wd1: prompt tokens masked in the one-step estimate
+    eval_examples: int = 200  # RL: held-out answers decoded at the rollout operating point per eval
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) instead of every weight
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.step_tokens < 1 or self.distill_block < 1:
@@ -153,3 +165,8 @@ class TrainConfig:
             raise ValueError(f"ce_weight must not be negative, not {self.ce_weight}")
         if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
             raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")
+        if self.group < 2 or self.inner_steps < 1 or self.lora_rank < 0:
+            raise ValueError("group must be at least 2 (advantages are relative to the group), inner_steps at "
+                             "least 1 and lora_rank not negative")
+        if not 0 <= self.p_mask_prompt < 1 or self.clip_eps <= 0 or self.kl_beta < 0:
+            raise ValueError("p_mask_prompt must lie in [0, 1), clip_eps above 0 and kl_beta not negative")

@@ -104,6 +104,7 @@ class Engine:
         prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
         row = build_row(self.model, prompt, d, generator)
         row.want = params.logprobs
+        row.trace = {} if params.trace else None
         footprint = max(PagedKVCache.pages_needed(n) for n in row.footprint.values()) * PAGE
         kw = {} if request_id is None else {"request_id": request_id}
         req = Request(list(prompt_ids), params, decoding=d, footprint=footprint, **kw)
@@ -217,6 +218,9 @@ class Engine:
 
     def finish(self, req: Request, reason: str) -> None:
         req.status, req.finish_reason, req.finished_at = Status.FINISHED, reason, time.monotonic()
+        row = self.runner.rows.get(req.request_id)
+        if req.params.trace and row is not None:
+            req.trace = row.trace
         self.waiting_rows.pop(req.request_id, None)
         self.runner.release(req.request_id)
         self.requests.pop(req.request_id, None)

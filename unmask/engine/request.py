@@ -24,13 +24,15 @@ class SamplingParams:
     how a refusal names an option (a Python keyword, a CLI flag, an HTTP field)."""
 
     def __init__(self, namer: Namer = python_name, stop: tuple[str, ...] = (), logprobs: int | None = None,
-                 **options: Any) -> None:
+                 trace: bool = False, **options: Any) -> None:
         self.options = {k: v for k, v in options.items() if v is not None}
         self.namer = namer
         # End the answer once its final text holds one of these (OpenAI's `stop`); the text is cut before it.
         self.stop = tuple(stop)
         # Report each token's log-probability and its `logprobs` likeliest alternatives (None: nothing).
         self.logprobs = logprobs
+        # Record which forward pass committed each answer position (RL rollouts: unmask/rl/rollout.py).
+        self.trace = trace
 
     def __repr__(self) -> str:
         shown = {**self.options, **({"stop": self.stop} if self.stop else {})}
@@ -52,6 +54,8 @@ class Request:
     nfe: int = 0  # forward passes of the request's model this request took part in
     decoding: Any = None  # its resolved unmask.decode.spec.Decoding
     footprint: int = 0  # KV token slots it holds while running, whole pages: the scheduler's unit of memory
+    # With params.trace, once finished: answer position -> (the pass that committed it, its token).
+    trace: dict[int, tuple[int, int]] | None = None
 
     @property
     def finished(self) -> bool:

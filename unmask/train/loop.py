@@ -24,6 +24,7 @@ from unmask.models.transformer import Transformer
 from unmask.tokenizers import CharTokenizer
 from unmask.train.distill import d2f_loss, sdtt_loss
 from unmask.train.objectives import ar_loss, bd_loss, isd_loss, mdm_elbo, mdm_loss
+from unmask.rl.setup import RL_OBJECTIVES, RLRun
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "metrics.jsonl"
@@ -165,6 +166,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         model.load_state_dict(fitting_model(cfg.init, model, "init").state_dict())  # a second stage
     elif teacher is not None:
         model.load_state_dict(teacher.state_dict())  # the student starts as the teacher
+    rl = RLRun.start(cfg, model, tok, task, world) if cfg.objective in RL_OBJECTIVES else None
     opt = make_optimizer(model, cfg)
     start, prior_seconds = 0, 0.0
     state_path = out / STATE_FILE
@@ -189,7 +191,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     tokens_seen, t_last = 0, time.time()
     for step in bar:
         seed = f"{cfg.seed}-{step}-{rank}"
-        batch = task.train_batch(tok, cfg.batch_size // world, seed, diffusion=cfg.objective in DIFFUSION_OBJECTIVES,
+        batch = None if rl is not None else task.train_batch(tok, cfg.batch_size // world, seed, diffusion=cfg.objective in DIFFUSION_OBJECTIVES,
                                  seq_len=cfg.seq_len)
         gen = torch.Generator().manual_seed(hash_seed(seed))
         for group in opt.param_groups:
@@ -199,27 +201,43 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
                 save_model(model, tok, out / f"round-{round_of(step - 1, cfg) + 1}",
                            _meta(cfg, model, step, prior_seconds + time.time() - t0))
             teacher.load_state_dict(model.state_dict())  # self-distillation: the student teaches the next round
-        loss = loss_on(ddp, batch, cfg, tok.mask_token_id, gen, step, teacher)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        result.losses.append(float(loss.detach()))
+        metrics: dict = {}
+        if rl is not None:  # one RL iteration: rollouts, rewards, inner updates (unmask/rl/iteration.py)
+            it = rl.iteration(ddp, opt, step, rank, world)
+            result.losses.append(it.loss)
+            metrics = it.metrics
+        else:
+            loss = loss_on(ddp, batch, cfg, tok.mask_token_id, gen, step, teacher)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            result.losses.append(float(loss.detach()))
+            tokens_seen += batch.n_tokens * world
         result.steps = step + 1
-        tokens_seen += batch.n_tokens * world
         if rank == 0:
-            record = {"step": step + 1, "loss": result.losses[-1], "lr": lr_at(step, cfg)}
+            record = {"step": step + 1, "loss": result.losses[-1], "lr": lr_at(step, cfg), **metrics}
             last = step + 1 == end
             if (step + 1) % cfg.eval_every == 0 or (last and step + 1 == cfg.steps):
-                record["eval_loss"] = result.eval_loss = evaluate_loss(model, cfg, tok, task, teacher)
+                if rl is not None:
+                    record.update(rl.evaluate())
+                else:
+                    record["eval_loss"] = result.eval_loss = evaluate_loss(model, cfg, tok, task, teacher)
             if (step + 1) % 10 == 0 or last:
                 now = time.time()
-                bar.set_postfix(loss=f"{result.losses[-1]:.3f}", tok_s=f"{tokens_seen / max(now - t_last, 1e-9):.0f}",
-                                eval=f"{result.eval_loss:.3f}" if result.eval_loss is not None else "-")
+                if rl is not None:
+                    bar.set_postfix(loss=f"{result.losses[-1]:.3f}", reward=f"{metrics['reward']:.3f}",
+                                    forwards=f"{metrics['forwards']:.2f}")
+                else:
+                    bar.set_postfix(loss=f"{result.losses[-1]:.3f}",
+                                    tok_s=f"{tokens_seen / max(now - t_last, 1e-9):.0f}",
+                                    eval=f"{result.eval_loss:.3f}" if result.eval_loss is not None else "-")
                 tokens_seen, t_last = 0, now
             _append_log(out, record)
             if (step + 1) % cfg.save_every == 0 or last:
                 save_checkpoint(model, opt, tok, cfg, out, step + 1, prior_seconds + time.time() - t0, teacher)
+                if rl is not None:
+                    rl.plot(out)
     result.seconds = time.time() - t0
     return result
 

@@ -10,6 +10,15 @@ SORT_MODEL = ModelConfig(vocab_size=0, dim=128, n_layers=4, n_heads=4, max_seq_l
 SORT_OPTIONS = {"max_len": 12, "max_window": 48}  # the CPU-sized task: see README "Bundled models"
 TEXT_MODEL = ModelConfig(vocab_size=0, dim=128, n_layers=4, n_heads=4, max_seq_len=512)
 
+# The RL recipes' shared settings: 16 prompts x 4 answers per step, sampled at temperature 1 by the fast decoder.
+FAST_ROLLOUT = {"strategy": "threshold", "threshold": 0.5, "cache": "dual"}
+SORT_RL = TrainConfig(
+    name="sort-mdm-rl", task="sort", objective="trace-grpo", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+    init="sort-mdm", steps=300, batch_size=64, group=4, lr=2e-5, min_lr_ratio=1.0, warmup_steps=10,
+    weight_decay=0.0, eval_every=50, save_every=25, eval_examples=200, inner_steps=2, clip_eps=0.2,
+    rollout={**FAST_ROLLOUT, "temperature": 1.0}, rewards={"exact": 1.0, "partial": 0.5},
+    task_options={**SORT_OPTIONS, "fill_window": 192})
+
 RECIPES: dict[str, TrainConfig] = {
     "sort-mdm-w48": TrainConfig(
         name="sort-mdm-w48", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
@@ -105,6 +114,11 @@ RECIPES: dict[str, TrainConfig] = {
         steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         task_options={"reasoning": False},
         description="masked-diffusion adder trained on prompt and answer only (no reasoning): the contrast"),
+    # RL at a fast operating point (unmask/rl/): sort-mdm's answers at threshold 0.5 + dual, made accurate.
+    **{f"sort-mdm-rl-{objective}": dataclasses.replace(SORT_RL, name=f"sort-mdm-rl-{objective}", objective=objective,
+                                                       description=f"sort-mdm after {objective} RL at threshold "
+                                                                   "0.5 + dual cache")
+       for objective in ("diffu-grpo", "wd1", "trace-grpo")},
     # Seconds-long recipes for tests and smoke runs.
     "tiny-sort-mdm": TrainConfig(
         name="tiny-sort-mdm", task="sort", objective="mdm",
@@ -116,6 +130,11 @@ RECIPES: dict[str, TrainConfig] = {
         model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=128, kind="diffusion"),
         steps=20, batch_size=8, warmup_steps=2, eval_every=10, eval_batches=1, save_every=10,
         description="test-sized in-place adder"),
+    "tiny-sort-mdm-rl": dataclasses.replace(
+        SORT_RL, name="tiny-sort-mdm-rl", init="tiny-sort-mdm", steps=4, batch_size=8, group=4, eval_every=2,
+        save_every=2, eval_examples=8, warmup_steps=1, lr=1e-3,
+        model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=256, kind="diffusion"),
+        task_options={"max_len": 6, "max_window": 24}, description="test-sized RL sorter"),
     "tiny-sort-ar": TrainConfig(
         name="tiny-sort-ar", task="sort", objective="ar",
         model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=256, kind="ar"),

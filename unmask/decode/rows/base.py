@@ -71,6 +71,9 @@ class Row:
         self.footprint: dict[str, int] = {}  # KV slot columns the row needs, per model
         self.want: int | None = None  # alternatives to report per token with its log-probability; None: none
         self.scored: dict[int, tuple[float, list[tuple[int, float]]]] = {}  # by position in the answer
+        # With a trace asked for (RL rollouts): answer position -> (the pass that committed it, its token),
+        # every committed position, those past an EOS included.
+        self.trace: dict[int, tuple[int, int]] | None = None
 
     def work(self) -> Work | None:
         raise NotImplementedError
@@ -87,9 +90,18 @@ class Row:
         self.next_step()
         return Progress(new, self.done, self.reason, lps)
 
+    @property
+    def noting(self) -> bool:
+        """Whether commits are to be reported to `note` (log-probabilities or a trace asked for)."""
+        return self.want is not None or self.trace is not None
+
     def note(self, at: list[int], tokens: torch.Tensor, logits: torch.Tensor) -> None:
         """Record, when asked to, the log-probability of each token committed at answer positions `at`, under
-        the model's own distribution at the step it was committed (logits `# (n, V)`, temperature 1)."""
+        the model's own distribution at the step it was committed (logits `# (n, V)`, temperature 1), and
+        the pass that committed it."""
+        if self.trace is not None:
+            for a, token in zip(at, tokens.view(-1).tolist()):
+                self.trace.setdefault(a, (self.passes, token))
         if self.want is None or not at:
             return
         lp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)

@@ -124,7 +124,7 @@ class BlockRow(Row):
         s, e = self.spans[self.block]
         block = self.x[s:e]  # a view: committing into it updates x
         block[commit] = x0[commit]
-        if self.want is not None:
+        if self.noting:
             idx = commit.nonzero()[:, 0]
             self.note((s - self.P + idx).tolist(), x0[idx], window.at(s, e)[idx])
         if self.early is not None:

@@ -95,7 +95,7 @@ class PipelineRow(Row):
             if (k == first or self.share(k - 1) > self.activate) and not commit.any():
                 commit[conf.argmax()] = True
             self.x[bs:be][commit] = x0[bs - s:be - s][commit]
-            if self.want is not None:
+            if self.noting:
                 idx = commit.nonzero()[:, 0]
                 self.note((bs - self.P + idx).tolist(), x0[bs - s:be - s][idx], span_logits[0, bs - s:be - s][idx])
             self.left[k] -= int(commit.sum())

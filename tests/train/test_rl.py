@@ -1,0 +1,189 @@
+"""RL for dLLMs (unmask/rl/): the objectives on hand-checked numbers, rollouts' traces, inner updates that
+reuse the cached masks, exact resume, and the recipe refusals."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from unmask.data.batch import make_batch
+from unmask.rl.iteration import estimate, mask_generator, rl_iteration
+from unmask.rl.objectives import (clipped_policy_loss, group_advantages, one_step_logprobs, trace_logprobs,
+                                  wd1_loss)
+from unmask.rl.rewards import exact, partial, speed, total_reward
+from unmask.rl.rollout import NEVER, rollout
+from unmask.train.loop import train
+from unmask.train.recipes import get_recipe
+
+V, MASK = 6, 1
+
+
+class MaskCounter(nn.Module):
+    """A stand-in model with logits a hand can work out: at every position, token 0 scores c * (the masks
+    in its row) and every other token 0, so log p(0) = cM - log(e^(cM) + V - 1)."""
+
+    def __init__(self, c: float = 0.5) -> None:
+        super().__init__()
+        self.c = c
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        self.inputs.append(ids.clone())
+        m = (ids == MASK).sum(dim=1, keepdim=True).float()  # (N, 1)
+        logits = torch.zeros(*ids.shape, V)
+        logits[..., 0] = self.c * m
+        return logits
+
+
+def log_p0(c: float, masks: int) -> float:
+    return c * masks - math.log(math.exp(c * masks) + V - 1)
+
+
+def test_one_step_logprob_is_the_hand_computation():
+    # prompt [3 4 5], answer [0 0 2]: answer fully masked, no prompt masking -> 3 masks per row
+    batch = make_batch([[3, 4, 5, 0, 0, 2]], [3], pad_id=5)
+    scored = batch.target.clone()
+    lp = one_step_logprobs(MaskCounter(), batch, scored, MASK, 0.0, torch.Generator().manual_seed(0))
+    assert lp[0, 3].item() == pytest.approx(log_p0(0.5, 3), abs=1e-6)
+    assert lp[0, 5].item() == pytest.approx(-math.log(math.exp(1.5) + V - 1), abs=1e-6)  # token 2 scores 0
+    assert lp[0, :3].abs().sum() == 0  # the prompt is not scored
+    # p_mask_prompt: the prompt masks are the generator's draws below p, and one seed gives one draw
+    model = MaskCounter()
+    gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    one_step_logprobs(model, batch, scored, MASK, 0.5, gen_a)
+    draw = torch.rand(batch.ids.shape, generator=gen_b)
+    expected = batch.target | (~batch.target & (draw < 0.5))
+    assert torch.equal(model.inputs[-1] == MASK, expected)
+
+
+def test_trace_logprobs_score_each_token_in_its_own_steps_context():
+    # answer positions committed at passes 1, 2, 1, never: at pass 1 all four are masked, at pass 2 two are
+    batch = make_batch([[3, 4, 0, 0, 0, MASK]], [2], pad_id=5)
+    steps = torch.tensor([[0, 0, 1, 2, 1, NEVER]])
+    scored = torch.tensor([[False, False, True, True, True, False]])
+    model = MaskCounter()
+    lp = trace_logprobs(model, batch, scored, steps, MASK)
+    assert lp[0, 2].item() == pytest.approx(log_p0(0.5, 4), abs=1e-6)
+    assert lp[0, 4].item() == pytest.approx(log_p0(0.5, 4), abs=1e-6)
+    assert lp[0, 3].item() == pytest.approx(log_p0(0.5, 2), abs=1e-6)  # positions of pass >= 2, and the never one
+    assert lp[0, 5].item() == 0.0
+    seen = sorted(int((x == MASK).sum()) for x in torch.cat(model.inputs))
+    assert seen == [2, 4]  # one pass per distinct step of the row
+
+
+def test_group_advantages_are_relative_to_the_group():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert group_advantages(r, 4).tolist() == [0.5, -0.5, -0.5, 0.5, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_clipped_loss_and_k3_kl_on_hand_numbers():
+    logp = torch.tensor([[math.log(1.5)]])
+    old, scored = torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.bool)
+    loss, stats = clipped_policy_loss(logp, old, torch.tensor([1.0]), scored, 0.2)
+    assert loss.item() == pytest.approx(-1.2)  # min(1.5 A, 1.2 A) for A = 1
+    assert stats["clipped"] == 1.0 and stats["ratio_dev"] == pytest.approx(0.5)
+    loss, _ = clipped_policy_loss(logp, old, torch.tensor([-1.0]), scored, 0.2)
+    assert loss.item() == pytest.approx(1.5)  # min(-1.5, -1.2) for A = -1
+    loss, stats = clipped_policy_loss(logp, old, torch.tensor([0.0]), scored, 0.2, ref=torch.zeros(1, 1), beta=0.1)
+    kl = 1 / 1.5 + math.log(1.5) - 1  # exp(ref - logp) - (ref - logp) - 1
+    assert stats["kl"] == pytest.approx(kl) and loss.item() == pytest.approx(0.1 * kl)
+
+
+def test_wd1_weights_on_hand_numbers():
+    logp = torch.tensor([[-1.0, 0.0], [-2.0, -1.0]])  # sequence log-likelihoods -1 and -3
+    scored = torch.ones(2, 2, dtype=torch.bool)
+    w = math.exp(1) / (math.exp(1) + math.exp(-1))  # softmax([1, -1])[0]
+    expected = -(w * -1 + (1 - w) * -3) + ((1 - w) * -1 + w * -3)
+    assert wd1_loss(logp, torch.tensor([1.0, -1.0]), scored, 2).item() == pytest.approx(expected)
+    assert wd1_loss(logp, torch.tensor([0.0, 0.0]), scored, 2).item() == pytest.approx(0.0)  # no signal
+
+
+def test_rewards():
+    ex = type("Ex", (), {"answer": "1 2 3"})()
+    assert exact(" 1 2 3 ", ex, 1, 10) == 1.0 and exact("1 2", ex, 1, 10) == 0.0
+    assert partial("1 2 4", ex, 1, 10) == pytest.approx(2 / 3)
+    assert partial("1 2 3 4", ex, 1, 10) == pytest.approx(3 / 4)  # an extra item costs like a wrong one
+    assert speed("", ex, 1, 10) == 1.0 and speed("", ex, 10, 10) == 0.0
+    assert total_reward({"exact": 1.0, "speed": 0.5}, "1 2 3", ex, 4, 10) == pytest.approx(1 + 0.5 * (1 - 3 / 9))
+
+
+def test_rollouts_record_the_trace_the_decoder_took(mdm_model):
+    tok = mdm_model.tokenizer
+    prompts = [tok.encode("sort: 5 3 1") + [tok.sep_token_id], tok.encode("sort: 9 2") + [tok.sep_token_id]]
+    options = {"strategy": "threshold", "threshold": 0.5, "cache": "dual", "temperature": 1.0, "max_new_tokens": 24}
+    ro = rollout(mdm_model, prompts, 3, options, seed=11)
+    assert len(ro) == 6 and ro.prompts[:3] == [prompts[0]] * 3
+    again = rollout(mdm_model, prompts, 3, options, seed=11)
+    assert again.canvases == ro.canvases and again.steps == ro.steps  # a pure function of the seed
+    for i in range(len(ro)):
+        n = ro.scored_length(i)
+        assert ro.canvases[i][:len(ro.answers[i])] == ro.answers[i]
+        assert all(1 <= s <= ro.forwards[i] for s in ro.steps[i][:n])  # every scored token was committed
+        assert all((s == NEVER) == (c == mdm_model.mask_token_id) for s, c in zip(ro.steps[i], ro.canvases[i]))
+
+
+@pytest.fixture(scope="module")
+def rl_cfg(trained_mdm):
+    return dataclasses.replace(get_recipe("tiny-sort-mdm-rl"), init=str(trained_mdm[0]))
+
+
+@pytest.mark.parametrize("objective", ["diffu-grpo", "trace-grpo"])
+def test_inner_updates_reuse_the_cached_masks(rl_cfg, objective, mdm_model):
+    """The first inner update's ratio is exactly 1 (same weights, same masks); a different mask draw would not
+    give 1, so the cached old log-probs were computed on the very draw the update sees."""
+    cfg = dataclasses.replace(rl_cfg, objective=objective, inner_steps=2, p_mask_prompt=0.5)
+    model = type(mdm_model)(mdm_model.config)
+    model.load_state_dict(mdm_model.state_dict())
+    model.train()
+    from unmask.rl.setup import RLRun
+    from unmask.data import get_task
+
+    task = get_task("sort", **cfg.task_options)
+    run = RLRun.start(cfg, model, mdm_model.tokenizer, task, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    res = rl_iteration(model, model, None, opt, cfg, task, task.train_examples("s", 2), 5, mdm_model.tokenizer)
+    assert res.metrics["ratio_dev0"] == 0.0
+    assert res.metrics["ratio_dev1"] > 0.0  # the first update moved the weights
+    if objective == "diffu-grpo":  # another draw of the prompt masks gives other log-probs
+        ro = rollout(model, [task.prompt_ids(mdm_model.tokenizer, "sort: 4 1 3")], 2,
+                     {**cfg.rollout, "max_new_tokens": 24}, 0)
+        batch, scored, steps = ro.batch(0)
+        a = estimate(model, cfg, batch, scored, steps, MASK, 5, 0)
+        b = estimate(model, cfg, batch, scored, steps, MASK, 5, 1)
+        assert not torch.equal(a, b)
+    assert run.reference is None
+
+
+@pytest.mark.parametrize("objective", ["diffu-grpo", "wd1", "trace-grpo"])
+def test_rl_resumes_bit_for_bit(rl_cfg, objective, tmp_path):
+    cfg = dataclasses.replace(rl_cfg, objective=objective, kl_beta=0.04 if objective == "diffu-grpo" else 0.0)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "resumed", stop_after=2, progress=False)
+    resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.losses == straight.losses[2:]
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward", "accuracy", "forwards", "tokens_per_forward"} <= set(records[0])
+    assert "eval_accuracy" in records[1]
+    assert (tmp_path / "straight" / "rl_curve.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"rewards": {"exactly": 1.0}}, "unknown reward 'exactly'"),
+    ({"rewards": {}}, "at least one reward"),
+    ({"init": None}, "set the recipe's init"),
+    ({"rollout": {"strategy": "threshold", "threshhold": 0.5}}, "threshhold"),
+    ({"batch_size": 6}, "groups of 4"),
+])
+def test_rl_recipe_mistakes_are_refused_by_name(rl_cfg, change, says, tmp_path):
+    with pytest.raises(ValueError, match=says):
+        train(dataclasses.replace(rl_cfg, **change), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_group_of_one_is_refused(rl_cfg):
+    with pytest.raises(ValueError, match="group must be at least 2"):
+        dataclasses.replace(rl_cfg, group=1)
