@@ -187,3 +187,21 @@ def test_rl_recipe_mistakes_are_refused_by_name(rl_cfg, change, says, tmp_path):
 def test_group_of_one_is_refused(rl_cfg):
     with pytest.raises(ValueError, match="group must be at least 2"):
         dataclasses.replace(rl_cfg, group=1)
+
+
+def test_lora_trains_adapters_only_and_saves_them_merged(rl_cfg, trained_mdm, tmp_path):
+    import unmask
+    from unmask.rl.lora import add_lora, merged
+
+    cfg = dataclasses.replace(rl_cfg, lora_rank=4, lr=1e-2)
+    train(cfg, tmp_path / "lora", progress=False)
+    start, tuned = unmask.load_model(trained_mdm[0]), unmask.load_model(tmp_path / "lora")
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, start.state_dict()[k])]
+    assert changed and all(any(t in k for t in ("wq", "wk", "wv", "wo", "gate", "up", "down")) for k in changed)
+    # the merged weights compute what the adapted model computes
+    adapted = add_lora(type(start)(start.config), 4)
+    state = torch.load(tmp_path / "lora" / "train_state.pt", weights_only=False)["model"]
+    adapted.load_state_dict(state)
+    ids = torch.randint(4, 30, (2, 12))
+    torch.testing.assert_close(adapted.eval()(ids), tuned(ids), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merged(adapted)(ids), tuned(ids), atol=1e-6, rtol=1e-6)

@@ -51,6 +51,10 @@ class RLRun:
             reference = copy.deepcopy(model).eval()
             for p in reference.parameters():
                 p.requires_grad_(False)
+        if cfg.lora_rank:
+            from unmask.rl.lora import add_lora
+
+            add_lora(model, cfg.lora_rank)  # in place: the loop's optimizer then sees only the adapters
         return cls(cfg, model, tok, task, reference)
 
     def iteration(self, policy: torch.nn.Module, opt: torch.optim.Optimizer, step: int, rank: int,

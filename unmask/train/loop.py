@@ -54,8 +54,9 @@ def build_model(cfg: TrainConfig, tok: CharTokenizer) -> Transformer:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
@@ -267,6 +268,10 @@ def save_checkpoint(model: Transformer, opt: torch.optim.Optimizer, tok: CharTok
     if teacher is not None and cfg.rounds > 1:
         state["teacher"] = teacher.state_dict()
     atomic_write(out / STATE_FILE, lambda p: torch.save(state, p))
+    if cfg.lora_rank:  # the folder holds the adapters merged in: a plain checkpoint
+        from unmask.rl.lora import merged
+
+        model = merged(model)
     save_model(model, tok, out, _meta(cfg, model, step, train_seconds))
 
 
