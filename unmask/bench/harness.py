@@ -31,7 +31,8 @@ from unmask.models.checkpoints import load_model
 from unmask.threads import choose_threads
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
-OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd", "d2f": "sort-d2f", "sdtt": "sort-mdm-sdtt"}  # when bundled
+OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd", "d2f": "sort-d2f", "sdtt": "sort-mdm-sdtt",
+                   "rl": "sort-mdm-rl"}  # when bundled
 EVAL_BATCH = 32
 
 

@@ -15,6 +15,7 @@ BLOCK_SIZE = 48
 SDTT_BLOCK = 16  # the block the SDTT student was distilled for (recipe sort-mdm-sdtt)
 AGGRESSIVE = (0.7, 0.5)  # thresholds below Fast-dLLM's default, for the verifier comparison
 VERIFIER, ACCEPT = "sort-ar-small", 0.2
+RL_THRESHOLD = 0.5  # the operating point sort-mdm-rl was trained at (recipes.FAST_ROLLOUT)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ def make_settings(quick: bool = False, window: int = 48) -> list[Setting]:
     for tau in AGGRESSIVE:
         rows.append(diffusion(f"threshold{tau}+dual", f"threshold {tau} + dual cache", strategy="threshold",
                               threshold=tau, cache="dual"))
+        if tau == RL_THRESHOLD:  # the RL model (recipe sort-mdm-rl) beside its start, at the point it trained for
+            rows.append(Setting(f"rl-threshold{tau}+dual", f"sort-mdm-rl threshold {tau} + dual cache", "rl",
+                                {"block_size": BLOCK_SIZE, "strategy": "threshold", "threshold": tau, "cache": "dual"}))
         if verifier_available():
             rows.append(diffusion(f"verifier{tau}+dual", f"verifier ({VERIFIER}, accept {ACCEPT}) at threshold {tau} "
                                   f"+ dual cache", strategy="verifier", threshold=tau, verifier=VERIFIER,

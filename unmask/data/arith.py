@@ -4,7 +4,7 @@ With reasoning (`reasoning=True`) the answer is preceded by the running sums, ea
 every position of the chain has one role: `047+03=050 050+91=141 141+12=153`, padded with spaces to the
 longest chain, then `#`, then the answer and EOS fill. The answer section therefore sits at a fixed
 place (after `reasoning_length` + 1 tokens), which in-place decoding and answer-first early exit rely on
-(decode/layout.py); an AR model reads the same text, so it is trained on it too. Without reasoning (the
+(unmask/decode/in_place.py); an AR model reads the same text, so it is trained on it too. Without reasoning (the
 contrast model) the answer follows the prompt at once.
 
 Examples are a pure function of (seed, index); the held-out split is fixed, and no training example
