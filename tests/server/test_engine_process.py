@@ -20,7 +20,8 @@ def engine(trained_mdm):
 
 
 def long_request() -> SamplingParams:
-    return SamplingParams(max_new_tokens=64, block_size=4, strategy="low_confidence")
+    """64 passes at least: it never ends at an EOS, so it is still running when the test acts."""
+    return SamplingParams(max_new_tokens=64, block_size=4, strategy="low_confidence", stop_at_eos=False)
 
 
 async def first_then_rest(engine: AsyncEngine, then) -> list:
