@@ -207,7 +207,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(record))
     else:
-        print(args.prompt + ("\n" if model.task == "sort" else "") + text)
+        print(args.prompt + ("\n" if model.task in ("sort", "arith") else "") + text)  # a task answer: its own line
         print(f"[{n} tokens, {out.nfe} forward passes, {out.seconds:.3f} s, {record['tokens_per_second']:.1f} tokens/s]",
               file=sys.stderr)
 
