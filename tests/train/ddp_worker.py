@@ -1,4 +1,4 @@
-"""Run under torchrun by test_ddp.py: 4 steps of tiny-sort-ar, data-parallel with gloo on CPU.
+"""Run under torchrun by test_ddp.py: 4 steps of tiny-sort-ar (or of an RL recipe), data-parallel with gloo on CPU.
 
 Each rank writes OUT/rank{R}.json: its losses, the world size train() saw, and a checksum of
 its final weights (DDP must keep every rank's weights identical).
@@ -21,6 +21,9 @@ loop.build_model = lambda cfg, tok: built.append(_build(cfg, tok)) or built[-1] 
 
 out = sys.argv[1]
 cfg = dataclasses.replace(get_recipe("tiny-sort-ar"), steps=4, eval_every=4, save_every=4)
+if len(sys.argv) > 2:  # RL: OUT INIT OBJECTIVE (tiny-sort-mdm-rl from the model folder INIT)
+    cfg = dataclasses.replace(get_recipe("tiny-sort-mdm-rl"), init=sys.argv[2], objective=sys.argv[3], steps=4,
+                              eval_every=4, save_every=4)
 result = loop.train(cfg, out, progress=False)
 model = built[0]
 checksum = [float(p.detach().double().sum()) for p in model.parameters()]
