@@ -96,8 +96,8 @@ def diffusion_scores(model: torch.nn.Module, seq: torch.Tensor, n_ctx: int, mc_n
         is_mask = torch.cat([torch.zeros(batch_size, n_ctx, dtype=torch.bool, device=seq.device), masked], dim=1)
         noisy = torch.where(is_mask, torch.full_like(batch, model.mask_token_id), batch)
         logits = model(noisy).float()  # (b, T, V)
-        if shift:  # Dream: logits at i score token i + 1
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        if shift:
+            logits = shift_logits(logits)
         logp = F.log_softmax(logits[:, n_ctx:], dim=-1)  # (b, L, V)
         weight = masked.double() / share.double()[:, None]  # (b, L): 1 / (l / L) where masked, else 0
         picked += (weight * logp.gather(-1, seq[n_ctx:].expand(batch_size, -1)[..., None])[..., 0]).sum(0)
@@ -105,6 +105,12 @@ def diffusion_scores(model: torch.nn.Module, seq: torch.Tensor, n_ctx: int, mc_n
             every += (weight[..., None] * logp).sum(0)
     values = (picked / mc_num).tolist()
     return values, alternatives(every / mc_num, top) if every is not None else [[] for _ in values]
+
+
+def shift_logits(logits: torch.Tensor) -> torch.Tensor:
+    """A Dream-style model's logits `# (B, T, V)` realigned so that position i scores token i (its logits at
+    i - 1 do; the first position keeps its own)."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
 def alternatives(scores: torch.Tensor, top: int) -> list[list[tuple[int, float]]]:

@@ -107,7 +107,7 @@ class Engine:
         row.trace = {} if params.trace else None
         footprint = max(PagedKVCache.pages_needed(n) for n in row.footprint.values()) * PAGE
         kw = {} if request_id is None else {"request_id": request_id}
-        req = Request(list(prompt_ids), params, decoding=d, footprint=footprint, **kw)
+        req = Request(list(prompt_ids), params, decoding=d, footprint=footprint, trace=row.trace, **kw)
         self.scheduler.check(req)
         return req, row
 
@@ -218,9 +218,6 @@ class Engine:
 
     def finish(self, req: Request, reason: str) -> None:
         req.status, req.finish_reason, req.finished_at = Status.FINISHED, reason, time.monotonic()
-        row = self.runner.rows.get(req.request_id)
-        if req.params.trace and row is not None:
-            req.trace = row.trace
         self.waiting_rows.pop(req.request_id, None)
         self.runner.release(req.request_id)
         self.requests.pop(req.request_id, None)

@@ -54,7 +54,7 @@ class Request:
     nfe: int = 0  # forward passes of the request's model this request took part in
     decoding: Any = None  # its resolved unmask.decode.spec.Decoding
     footprint: int = 0  # KV token slots it holds while running, whole pages: the scheduler's unit of memory
-    # With params.trace, once finished: answer position -> (the pass that committed it, its token).
+    # With params.trace: answer position -> (the pass that committed it, its token), the row's own record.
     trace: dict[int, tuple[int, int]] | None = None
 
     @property

@@ -1,37 +1,24 @@
-"""lm-eval's `is_greedy`: would greedy decoding have produced this continuation after this context?
+"""lm-eval's `is_greedy` for masked diffusion: would greedy decoding have produced this continuation?
 
-AR: exactly, the argmax at every continuation position is the continuation's token. Masked diffusion has
-no single greedy order, so this follows LLaDA's evaluation (`suffix_greedy_prediction` in its
-eval_llada.py): the context then one [MASK] per continuation token, and each pass commits the one most
+Masked diffusion has no single greedy order, so this follows LLaDA's evaluation (`suffix_greedy_prediction`
+in its eval_llada.py): the context then one [MASK] per continuation token, and each pass commits the one most
 confident argmax among the masked positions, until none is left; greedy means the result is the
-continuation. That takes as many forward passes as the continuation has tokens.
+continuation. That takes as many forward passes as the continuation has tokens. (AR models get it exactly
+from the pass that scores them: `UnmaskLM.score_and_greedy`.)
 """
 from __future__ import annotations
 
 import torch
 
+from unmask.likelihood import shift_logits
 from unmask.models.paged_cache import first_parameter
 
 
 @torch.no_grad()
-def is_greedy(model: torch.nn.Module, context: list[int], continuation: list[int]) -> bool:
+def diffusion_is_greedy(model: torch.nn.Module, context: list[int], continuation: list[int]) -> bool:
     device = first_parameter(model).device
     ctx = torch.tensor(context, dtype=torch.long, device=device)
     cont = torch.tensor(continuation, dtype=torch.long, device=device)
-    if model.config.kind == "ar":
-        return ar_is_greedy(model, ctx, cont)
-    return diffusion_is_greedy(model, ctx, cont)
-
-
-def ar_is_greedy(model: torch.nn.Module, ctx: torch.Tensor, cont: torch.Tensor) -> bool:
-    if ctx.numel() == 0:
-        raise ValueError("an AR model needs a context of at least one token to predict the first one")
-    seq = torch.cat([ctx, cont])
-    logits = model(seq[None, :-1])[0]  # (L-1, V): position i predicts token i + 1
-    return bool(torch.equal(logits[ctx.numel() - 1:].argmax(-1), cont))
-
-
-def diffusion_is_greedy(model: torch.nn.Module, ctx: torch.Tensor, cont: torch.Tensor) -> bool:
     shift = bool(getattr(model.config, "logits_shift", False))
     if shift and ctx.numel() == 0:
         raise ValueError("a shifted-logits (Dream-style) model needs a context of at least one token")
@@ -39,8 +26,8 @@ def diffusion_is_greedy(model: torch.nn.Module, ctx: torch.Tensor, cont: torch.T
     seq = torch.cat([ctx, torch.full_like(cont, model.mask_token_id)])[None]  # (1, T)
     for _ in range(cont.numel()):
         logits = model(seq).float()  # (1, T, V)
-        if shift:  # Dream: the logits at i - 1 score token i
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        if shift:
+            logits = shift_logits(logits)
         masked = (seq[0] == model.mask_token_id).nonzero()[:, 0]
         masked = masked[masked >= n]  # a context token that is the mask id is not a position to fill
         probs = torch.softmax(logits[0, masked], dim=-1)  # (m, V)

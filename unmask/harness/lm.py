@@ -29,9 +29,9 @@ from unmask.engine.request import SamplingParams
 from unmask.evaluation import default_new_tokens, prompt_for
 from unmask.generation import decode_requests
 from unmask.harness.gen_kwargs import PER_REQUEST, cut_at_stop, gen_name, request_decoding
-from unmask.harness.greedy import is_greedy
+from unmask.harness.greedy import diffusion_is_greedy
 from unmask.harness.tokens import rolling_windows, split_request
-from unmask.likelihood import loglikelihood
+from unmask.likelihood import loglikelihood, token_scores
 from unmask.models.checkpoints import load_model
 from unmask.threads import choose_threads
 
@@ -124,7 +124,7 @@ class UnmaskLM(LM):
         for req in tqdm(requests, disable=disable_tqdm, desc="unmask loglikelihood"):
             context, continuation = req.args
             ctx, cont = split_request(self.model, context, continuation)
-            result = (self.score(ctx, cont), is_greedy(self.model, ctx, cont))
+            result = self.score_and_greedy(ctx, cont)
             self.cache_hook.add_partial("loglikelihood", req.args, result)
             out.append(result)
         return out
@@ -139,6 +139,14 @@ class UnmaskLM(LM):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
             out.append(total)
         return out
+
+    def score_and_greedy(self, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+        """(log p(cont | ctx), is_greedy). AR: one pass gives both (the argmax is each position's likeliest
+        alternative); diffusion: the Monte Carlo estimate, then LLaDA's one-mask-at-a-time check."""
+        if self.model.config.kind == "ar":
+            scores = token_scores(self.model, ctx + cont, len(ctx), top=1)
+            return sum(s.logprob for s in scores), all(s.alternatives[0][0] == t for s, t in zip(scores, cont))
+        return self.score(ctx, cont), diffusion_is_greedy(self.model, ctx, cont)
 
     def score(self, ctx: list[int], cont: list[int]) -> float:
         return loglikelihood(self.model, ctx, cont, mc_num=self.mc_num, batch_size=self.mc_batch, seed=self.seed)

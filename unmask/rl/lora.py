@@ -26,10 +26,6 @@ def add_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     return model
 
 
-def has_lora(model: torch.nn.Module) -> bool:
-    return any("lora_" in name for name, _ in model.named_parameters())
-
-
 @torch.no_grad()
 def merged(model: torch.nn.Module) -> Transformer:
     """A plain Transformer with the model's adapters merged into its weights (the model is not changed)."""
@@ -41,7 +37,4 @@ def merged(model: torch.nn.Module) -> Transformer:
             state[f"{name}.weight"] = module.get_base_layer().weight + module.get_delta_weight("default")
     plain = Transformer(model.config)
     plain.load_state_dict(state)
-    for key in ("tokenizer", "mask_token_id", "eos_token_id", "pad_token_id"):
-        if hasattr(model, key):
-            setattr(plain, key, getattr(model, key))
     return plain

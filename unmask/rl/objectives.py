@@ -41,7 +41,7 @@ def trace_logprobs(model: torch.nn.Module, batch: Batch, scored: torch.Tensor, s
     """TraceRL's per-token estimate `# (N, L)` (0 off `scored`): each scored token's log-probability in the
     pass that mirrors the step that committed it (`steps` from the rollout's trace; 0 = never committed)."""
     answer = batch.target
-    pending = steps.masked_fill(~answer | (steps == 0), torch.iinfo(torch.long).max)  # never: always masked
+    pending = steps.masked_fill(steps == 0, torch.iinfo(torch.long).max)  # never committed: always masked
     jobs = [(i, int(s)) for i in range(batch.ids.shape[0]) for s in torch.unique(steps[i][scored[i]]).tolist()]
     out = torch.zeros(batch.ids.shape, dtype=torch.float32, device=batch.ids.device)
     for lo in range(0, len(jobs), chunk):
@@ -52,9 +52,8 @@ def trace_logprobs(model: torch.nn.Module, batch: Batch, scored: torch.Tensor, s
         hidden = answer[rows] & (pending[rows] >= at)  # (n, L): committed at or after this step
         noisy = torch.where(hidden, torch.full_like(ids, mask_id), ids)
         lp = token_logprobs(model(noisy, valid=valid), ids)  # (n, L)
-        here = scored[rows] & (steps[rows] == at)
-        out = out.index_put((rows.unsqueeze(1).expand_as(here)[here], here.nonzero()[:, 1]), lp[here],
-                            accumulate=True)
+        j, col = (scored[rows] & (steps[rows] == at)).nonzero(as_tuple=True)  # the tokens of this step
+        out = out.index_put((rows[j], col), lp[j, col])  # each (row, column) is scored in one step only
     return out
 
 

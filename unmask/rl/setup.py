@@ -13,6 +13,7 @@ import torch
 
 from unmask.config import TrainConfig
 from unmask.decode.spec import resolve
+from unmask.models.checkpoints import attach
 from unmask.rl.iteration import RL_OBJECTIVES, IterationResult, answer_window, rl_iteration
 from unmask.rl.rewards import check_rewards
 
@@ -42,9 +43,8 @@ class RLRun:
         if cfg.batch_size % (world * cfg.group):
             raise ValueError(f"batch size {cfg.batch_size} (rollouts per step) must split into groups of "
                              f"{cfg.group} on each of {world} processes")
-        model.tokenizer = tok  # what the engine and the evaluation read answers with
-        for key in ("mask_token_id", "eos_token_id", "pad_token_id"):
-            setattr(model, key, getattr(tok, key))
+        # what the engine and the evaluation read answers with
+        attach(model, tok, name=cfg.name, meta={"task": cfg.task, "task_options": cfg.task_options})
         resolve(model.config, {**cfg.rollout, "max_new_tokens": answer_window(cfg, task)})  # refusals now
         reference = None
         if cfg.kl_beta:

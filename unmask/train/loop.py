@@ -192,9 +192,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     tokens_seen, t_last = 0, time.time()
     for step in bar:
         seed = f"{cfg.seed}-{step}-{rank}"
-        batch = None if rl is not None else task.train_batch(tok, cfg.batch_size // world, seed, diffusion=cfg.objective in DIFFUSION_OBJECTIVES,
-                                 seq_len=cfg.seq_len)
-        gen = torch.Generator().manual_seed(hash_seed(seed))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         if cfg.objective == "sdtt" and step > 0 and round_of(step, cfg) != round_of(step - 1, cfg):
@@ -208,6 +205,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
             result.losses.append(it.loss)
             metrics = it.metrics
         else:
+            batch = task.train_batch(tok, cfg.batch_size // world, seed,
+                                     diffusion=cfg.objective in DIFFUSION_OBJECTIVES, seq_len=cfg.seq_len)
+            gen = torch.Generator().manual_seed(hash_seed(seed))
             loss = loss_on(ddp, batch, cfg, tok.mask_token_id, gen, step, teacher)
             opt.zero_grad(set_to_none=True)
             loss.backward()
