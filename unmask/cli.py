@@ -70,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
                    help="sort: the held-out examples (test) or 1000 fresh training-distribution ones for choosing "
                         "settings (validation)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--exact-divergence", action="store_true",
+                   help="continuous models: the ODE bound with the Jacobian's exact trace instead of Hutchinson's "
+                        "estimate (one pass per noisy coordinate: tiny models and short spans only)")
+    p.add_argument("--ode-steps", type=int, help="continuous models: RK4 steps of the ODE bound (default 32)")
     p = sub.add_parser("train", help="train a model from a named recipe")
     p.add_argument("--recipe", required=True)
     p.add_argument("--out", help="output folder (default: runs/RECIPE)")
@@ -220,9 +224,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"--limit must be at least 1, not {args.limit}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.ode_steps is not None and args.ode_steps < 1:
+        raise UserError(f"--ode-steps must be at least 1, not {args.ode_steps}")
     model = load(args.model, args.dtype, args.threads, args.device)
+    bound = {k: v for k, v in (("exact_divergence", args.exact_divergence), ("ode_steps", args.ode_steps)) if v}
     result = evaluate(model, args.task, limit=args.limit, batch_size=args.batch_size, progress=not args.json,
-                      split=args.split, namer=flag_name, **decoding_options(args))
+                      split=args.split, namer=flag_name, **bound, **decoding_options(args))
     result.pop("outputs", None)
     if args.json:
         print(json.dumps(result))

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 AttentionKind = Literal["bidirectional", "causal", "block-causal"]
-ModelKind = Literal["diffusion", "ar", "block-diffusion"]
+ModelKind = Literal["diffusion", "ar", "block-diffusion", "continuous"]
 
 ATTENTION_OF_KIND: dict[str, str] = {
     "diffusion": "bidirectional",
     "ar": "causal",
     "block-diffusion": "block-causal",
+    "continuous": "bidirectional",  # embedding-space (flow) diffusion: unmask/models/flow.py
 }
 
 
@@ -65,6 +66,9 @@ class ModelConfig:
     # causally with that length: the request's block_size is the attention's too, blocks from position 0.
     flexible_blocks: bool = False
     native_decoder: str | None = None  # the strategy a published family decodes with by default (sdar, llada2, ...)
+    # continuous (flow) models: the range of the log noise-to-signal ratio g their noise path spans
+    g_min: float = -10.0
+    g_max: float = 10.0
     ahead: int = 0  # causal models trained for introspective strided decoding: [MASK] slots proposing ahead
     mask_token_id: int | None = None
     eos_token_id: int | None = None
@@ -83,6 +87,8 @@ class ModelConfig:
             self.moe = MoEConfig(**self.moe)
         if not 0 < self.rope_fraction <= 1 or int(self.head_dim * self.rope_fraction) % 2:
             raise ValueError("rope_fraction must lie in (0, 1] and rotate an even number of dimensions")
+        if self.kind == "continuous" and not self.g_min < self.g_max:
+            raise ValueError(f"a continuous model's noise range needs g_min < g_max, not {self.g_min} and {self.g_max}")
         if self.kind == "block-diffusion" and not self.block_size:
             raise ValueError("a block-diffusion model needs block_size")
 
@@ -114,7 +120,7 @@ class TrainConfig:
     name: str
     task: str  # "sort" or "shakespeare"
     model: ModelConfig
-    objective: Literal["mdm", "ar", "isd", "bd", "d2f", "sdtt", "diffu-grpo", "wd1", "trace-grpo"] = "mdm"
+    objective: Literal["mdm", "ar", "isd", "bd", "d2f", "sdtt", "flow", "diffu-grpo", "wd1", "trace-grpo"] = "mdm"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3

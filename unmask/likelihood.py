@@ -24,6 +24,12 @@ import torch.nn.functional as F
 from unmask.models.paged_cache import first_parameter
 
 
+# A continuous model's likelihood is a bound over a whole span (unmask/flow_likelihood.py), with no share per token.
+NO_TOKEN_SCORES = ("a continuous (embedding-space) diffusion model has no per-token log-probabilities: its likelihood "
+                   "is an ODE bound over a whole span (unmask eval reports it), so loglikelihood and echo with "
+                   "logprobs are not available for it")
+
+
 @dataclass(frozen=True)
 class TokenScore:
     """One scored token: its log-probability (or diffusion share) and its likeliest alternatives."""
@@ -55,6 +61,8 @@ def loglikelihood(model: torch.nn.Module, context: str | list[int], continuation
 def token_scores(model: torch.nn.Module, ids: list[int], n_ctx: int, *, top: int = 0, mc_num: int = 128,
                  batch_size: int = 32, seed: int = 0) -> list[TokenScore]:
     """One TokenScore per token of `ids[n_ctx:]`, each with its `top` likeliest alternatives."""
+    if model.config.kind == "continuous":
+        raise ValueError(NO_TOKEN_SCORES)
     if len(ids) > model.config.max_seq_len:
         raise ValueError(f"{len(ids)} tokens exceed this model's context of {model.config.max_seq_len}")
     if n_ctx >= len(ids):

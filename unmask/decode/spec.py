@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 BLOCK_RULES = ("low_confidence", "random", "threshold", "factor", "verifier")
 # The published block-diffusion families' own decoding, on the model's block grid (decode/strategies/family.py)
 FAMILY_RULES = ("sdar", "llada2", "fast_dllm_v2")
-DECODERS = (*BLOCK_RULES, *FAMILY_RULES, "d2f", "isd", "ar")
+DECODERS = (*BLOCK_RULES, *FAMILY_RULES, "d2f", "isd", "ar", "flow")
 EVERY = frozenset(DECODERS)
 RULES = frozenset(BLOCK_RULES)
 FAMILY = frozenset(FAMILY_RULES)
@@ -26,7 +26,7 @@ CONFIDENT = frozenset({"low_confidence", "threshold", "factor", "verifier", "d2f
 SAMPLERS = frozenset(DECODERS)  # every decoder samples through a top-k / top-p filter
 # Which model kinds each decoder runs on.
 KINDS_OF = {**{r: ("diffusion", "block-diffusion") for r in BLOCK_RULES}, **{r: ("block-diffusion",) for r in FAMILY_RULES},
-            "d2f": ("block-diffusion",), "isd": ("ar",), "ar": ("ar",)}
+            "d2f": ("block-diffusion",), "isd": ("ar",), "ar": ("ar",), "flow": ("continuous",)}
 # Caches, and the attention each one needs: approximate caches re-run a bidirectional model's columns,
 # exact ones keep keys/values a causal or block-causal model never changes.
 CACHE_ATTENTION = {"none": ("bidirectional", "block-causal", "causal"), "prefix": ("bidirectional",),
@@ -36,6 +36,7 @@ DEFAULT_BLOCK_SIZE = 32
 DELAYED_REFRESH = 8  # dKV-Cache's refresh interval
 SEED_LIMIT = 2 ** 64
 INT_LIMIT = 2 ** 31 - 1  # a count option's largest value
+FLOW_STEPS = 64  # a continuous model's default passes (README "Continuous diffusion")
 MIN_TEMPERATURE = 1e-3  # below it sampling overflows (logits / T): use 0 for greedy
 
 
@@ -90,8 +91,11 @@ OPTIONS: tuple[Option, ...] = (
            choices=("dynamic", "static", "sequential")),
     Option("sub_block", int, "fast_dllm_v2: sub-block length decoded in turn inside a block (small_block_size; "
            "default 8, at most the block)", frozenset({"fast_dllm_v2"}), **_range(1)),
-    Option("steps", int, "denoising steps over all blocks (default: one token per step)",
-           frozenset({"low_confidence", "random"}), **_range(1), implies="low_confidence"),
+    Option("steps", int, "denoising steps over all blocks (default: one token per step); flow: passes from noise "
+           f"to text (default {FLOW_STEPS})", frozenset({"low_confidence", "random", "flow"}), **_range(1),
+           implies="low_confidence"),
+    Option("sampler", str, "flow: deterministic ODE (DDIM) or stochastic ancestral steps (sde)", frozenset({"flow"}),
+           choices=("ode", "sde"), implies="flow"),
     Option("threshold", float, "commit every position at least this sure (threshold 0.9, verifier 0.7; d2f's "
            "tau_conf 0.9; sdar 0.85, llada2 0.95, fast_dllm_v2 0.9)", frozenset({"threshold", "verifier", "d2f"}) | FAMILY,
            **_range(0, 1.01, open_low=True),
@@ -141,6 +145,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast_dllm_v2": {"threshold": 0.9, "cache": "exact"},
     "isd": {},
     "ar": {"cache": "exact"},
+    "flow": {"steps": FLOW_STEPS, "sampler": "ode"},
 }
 # The decoding a model kind gets when no strategy is named: the fastest setting the benchmark showed to keep
 # accuracy (README "Benchmark"). Naming a strategy opts out of all of it: `low_confidence` alone is vanilla.
@@ -148,6 +153,7 @@ DEFAULT_DECODING: dict[str, dict[str, Any]] = {
     "ar": {"strategy": "ar"},
     "diffusion": {"strategy": "threshold", "threshold": 0.9, "confidence": "entropy", "cache": "dual"},
     "block-diffusion": {"strategy": "d2f"},  # per-row blocks on the model's own grid, cached exactly
+    "continuous": {"strategy": "flow"},
 }  # a published family's folder names its own decoder instead (ModelConfig.native_decoder)
 
 Namer = Callable[[str], str]
@@ -196,6 +202,7 @@ class Decoding:
     template: bool = False
     answer_exit: float | None = None
     answer_exit_pool: str = "mean"
+    sampler: str | None = None
     given: frozenset[str] = field(default=frozenset(), compare=False)  # the options the request set itself
     # How the request names its options, for the refusals a decoding row raises once it sees the model's task.
     namer: Namer = field(default=python_name, compare=False, repr=False)
@@ -294,10 +301,16 @@ def choose_strategy(config: Any, given: dict[str, Any], namer: Namer) -> tuple[s
     picks = {BY_NAME[n].implies for n in foreign}
     if None in picks or len(picks) > 1:
         orphan = next(n for n in foreign if BY_NAME[n].implies is None or len(picks) > 1)
-        takers = ", ".join(d for d in DECODERS if d in BY_NAME[orphan].decoders)
+        takers = ", ".join(d for d in DECODERS if d in BY_NAME[orphan].decoders and config.kind in KINDS_OF[d])
+        if not takers:
+            raise ValueError(f"{namer(orphan)} does not go with this model's default strategy {strategy!r}, and no "
+                             f"strategy for this model's kind ({config.kind}) takes it")
         raise ValueError(f"{namer(orphan)} does not go with this model's default strategy {strategy!r}: name a "
                          f"strategy that takes it ({takers})")
-    return picks.pop(), {}
+    pick = picks.pop()
+    if config.kind not in KINDS_OF[pick]:
+        raise ValueError(f"{namer(foreign[0])} is an option of strategy {pick!r}: {kind_refusal(pick, config.kind)}")
+    return pick, {}
 
 
 def resolve(config: Any, options: Mapping[str, Any], namer: Namer = python_name) -> Decoding:
@@ -353,6 +366,10 @@ def check_family(strategy: str, config: Any, v: dict[str, Any], namer: Namer) ->
 
 
 def kind_refusal(strategy: str, kind: str) -> str:
+    if kind == "continuous":
+        return f"this is a continuous (embedding-space) diffusion model: use strategy 'flow', not {strategy!r}"
+    if strategy == "flow":
+        return f"strategy 'flow' needs a continuous (embedding-space) diffusion model; this one is {kind}"
     if kind == "ar":
         return f"this is an autoregressive model: use strategy 'ar' (or 'isd'), not {strategy!r}"
     if strategy in ("ar", "isd"):

@@ -7,6 +7,7 @@ token ids and how many of its slot columns they attend; a pass pads every row's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -47,6 +48,7 @@ class Pass:
     positions: torch.Tensor  # (B, Lq) RoPE positions: the query columns
     mask: torch.Tensor | None  # (B, 1, Lq, K) True where a query attends a key column; None: all
     view: PassView
+    flow: Any = None  # a continuous model's inputs, padded like ids (FlowInputs of (B, Lq, ...) tensors)
 
 
 def build_pass(works: list[Work], tables: list[torch.Tensor], pool: PagedKVCache, attention: str,
@@ -62,7 +64,28 @@ def build_pass(works: list[Work], tables: list[torch.Tensor], pool: PagedKVCache
     for i, (w, c) in enumerate(zip(works, columns)):
         ids[i, :n[i]], positions[i, :n[i]] = w.ids, c
     view = pool.view(tables, columns, [w.keys for w in works], Lq)
-    return Pass(ids, positions, pass_mask(works, positions, n, K, attention, block_size, dev), view)
+    return Pass(ids, positions, pass_mask(works, positions, n, K, attention, block_size, dev), view,
+                pad_flow(works, Lq))
+
+
+def pad_flow(works: list[Work], width: int) -> Any:
+    """The rows' continuous inputs stacked and padded to `width` (padding: clean, its id a pad); None when
+    no row has any."""
+    if all(w.flow is None for w in works):
+        return None
+    from unmask.models.flow import FlowInputs
+
+    first = works[0].flow
+    B, dim = len(works), first.z.shape[-1]
+    z = first.z.new_zeros(B, width, dim)
+    g = first.g.new_full((B, width), float("-inf"))
+    sc = None if all(w.flow.self_cond is None for w in works) else first.z.new_zeros(B, width, dim)
+    for i, w in enumerate(works):
+        n = w.ids.numel()
+        z[i, :n], g[i, :n] = w.flow.z, w.flow.g
+        if sc is not None and w.flow.self_cond is not None:
+            sc[i, :n] = w.flow.self_cond
+    return FlowInputs(z, g, sc)
 
 
 def pass_mask(works: list[Work], positions: torch.Tensor, n: list[int], K: int, attention: str,

@@ -114,7 +114,8 @@ class Runner:
         cfg = model.config
         p = build_pass(works, [self.tables[r][name] for r in rids], self.pool(name), cfg.attention,
                        cfg.block_size, model.pad_token_id)
-        logits = model(p.ids, p.positions, kv=p.view, attn_mask=p.mask)  # (B, Lq, V)
+        extra = {} if p.flow is None else {"flow": p.flow}  # a continuous model's noisy inputs
+        logits = model(p.ids, p.positions, kv=p.view, attn_mask=p.mask, **extra)  # (B, Lq, V)
         if name == MAIN:
             self.passes += 1
         else:

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from unmask.config import ModelConfig
 from unmask.models.dtypes import DEFAULT_DTYPE, resolve_dtype
+from unmask.models.flow import FlowTransformer
 from unmask.models.transformer import Transformer
 from unmask.models.weights import iter_tensors
 from unmask.tokenizers import Tokenizer, load_tokenizer
@@ -72,6 +73,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def new_model(cfg: ModelConfig) -> Transformer:
+    """A freshly initialised model of the config's kind (a continuous one has its own inputs and head)."""
+    return FlowTransformer(cfg) if cfg.kind == "continuous" else Transformer(cfg)
+
+
 def save_model(model: Transformer, tokenizer: Tokenizer, folder: str | Path, meta: dict[str, Any] | None = None) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +131,7 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype | No
     try:
         cfg = ModelConfig.from_dict(raw["model"])
         with torch.device("meta"):
-            model = Transformer(cfg)
+            model = new_model(cfg)
     except (TypeError, ValueError, ZeroDivisionError) as err:
         raise ValueError(f"{folder / CONFIG_FILE} does not describe a model: {err}") from None
     state = dict(iter_tensors(folder / WEIGHTS_FILE, dtype=dtype or DEFAULT_DTYPE, device=device))

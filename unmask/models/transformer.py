@@ -142,11 +142,13 @@ def attention_mask(kind: str, q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid:
 class Transformer(nn.Module):
     """Token ids in, logits out. `forward(input_ids)` alone gives full attention of the model's kind."""
 
+    block_class: type[Block] = Block
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(self.block_class(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

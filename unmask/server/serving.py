@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from unmask.engine.engine import Engine
 from unmask.engine.request import Request, RequestOutput, SamplingParams
-from unmask.likelihood import TokenScore
+from unmask.likelihood import NO_TOKEN_SCORES, TokenScore
 from unmask.server.engine_core import (Add, Cancel, CoreConfig, CoreStats, Ready, Score, Scored, Step, Stop, run_core,
                                        widen_pipe)
 from unmask.server.metrics import Metrics
@@ -177,6 +177,8 @@ class AsyncEngine:
         steps; returns the scores and the forward passes they took. ValueError if they cannot be computed."""
         if not self.accepting or self.draining:
             raise EngineUnavailable(self.failure or SHUTTING_DOWN)
+        if self.model.config.kind == "continuous":
+            raise ValueError(NO_TOKEN_SCORES)
         if len(ids) > self.model.config.max_seq_len:
             raise ValueError(f"the prompt ({len(ids)} tokens) exceeds this model's context of "
                              f"{self.model.config.max_seq_len}")

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from unmask.config import ModelConfig, TrainConfig
 from unmask.data import get_task
-from unmask.models.checkpoints import atomic_write, count_params, load_model, save_model
+from unmask.models.checkpoints import atomic_write, count_params, load_model, new_model, save_model
 from unmask.models.transformer import Transformer
 from unmask.tokenizers import CharTokenizer
 from unmask.train.distill import d2f_loss, sdtt_loss
+from unmask.train.flow_objective import flow_eval_ce, flow_loss
 from unmask.train.objectives import ar_loss, bd_loss, isd_loss, mdm_elbo, mdm_loss
 from unmask.rl.setup import RL_OBJECTIVES, RLRun
 
@@ -50,7 +51,7 @@ def build_model(cfg: TrainConfig, tok: CharTokenizer) -> Transformer:
     mc = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": tok.vocab_size, "mask_token_id": tok.mask_token_id,
                                 "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
     torch.manual_seed(cfg.seed)
-    return Transformer(mc)
+    return new_model(mc)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -62,7 +63,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 
 
 # answers EOS-filled to a window, as a diffusion model decodes them
-DIFFUSION_OBJECTIVES = ("mdm", "bd", "d2f", "sdtt")
+DIFFUSION_OBJECTIVES = ("mdm", "bd", "d2f", "sdtt", "flow")
 DISTILL_OBJECTIVES = ("d2f", "sdtt")
 
 
@@ -83,6 +84,8 @@ def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, gener
     if cfg.objective == "mdm":
         return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator,
                         t_max=curriculum_t_max(step, cfg))
+    if cfg.objective == "flow":
+        return flow_loss(model, batch, generator)
     if cfg.objective == "isd":
         return isd_loss(model, batch, mask_id, cfg.model.ahead, generator=generator)
     if cfg.objective == "bd":
@@ -129,6 +132,8 @@ def evaluate_loss(model: Transformer, cfg: TrainConfig, tok: CharTokenizer, task
         if cfg.objective == "d2f":  # the student's distance to its teacher on a fixed draw
             losses.append(float(d2f_loss(model, teacher, batch, tok.mask_token_id, cfg.model.block_size,
                                          generator=torch.Generator().manual_seed(i))))
+        elif cfg.objective == "flow":  # x-prediction CE over stratified noise (the bound is `unmask eval`'s)
+            losses.append(flow_eval_ce(model, batch, seed=i))
         elif cfg.objective in ("mdm", "sdtt"):
             losses.append(mdm_elbo(model, batch, tok.mask_token_id, seed=i))
         elif cfg.objective == "bd":  # a fixed draw of per-block noise levels: comparable across evals

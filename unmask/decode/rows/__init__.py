@@ -8,6 +8,7 @@ from unmask.decode.rows.autoregressive import ARRow
 from unmask.decode.rows.base import MAIN, Progress, Row, Work
 from unmask.decode.rows.aligned import AlignedBlockRow
 from unmask.decode.rows.blocks import BlockRow
+from unmask.decode.rows.flow import FlowRow
 from unmask.decode.rows.pipeline import PipelineRow
 from unmask.decode.rows.strided import StridedRow
 from unmask.decode.spec import BLOCK_RULES, FAMILY_RULES, Decoding
@@ -21,6 +22,8 @@ def build_row(model: torch.nn.Module, prompt: torch.Tensor, d: Decoding, generat
         return ARRow(model, prompt, d, generator)
     if d.strategy == "isd":
         return StridedRow(model, prompt, d, generator)
+    if d.strategy == "flow":
+        return FlowRow(model, prompt, d, generator)
     if d.strategy == "d2f":
         return PipelineRow(model, prompt, d, generator)
     if d.strategy in FAMILY_RULES:

@@ -12,6 +12,7 @@ keys and values live in slot column c of the row's KV storage (unmask/models/pag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ class Work:
     mask: torch.Tensor | None = None  # (Lq, keys) bool, True where a query may attend; None: the model's own rule
     model: str = MAIN
     block_size: int | None = None  # block-causal attention's block for this row; None: the model's own
+    flow: Any = None  # a continuous model's inputs for these columns (unmask.models.flow.FlowInputs, unbatched)
 
     @property
     def columns(self) -> torch.Tensor:
