@@ -100,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ice", action="store_true",
                    help="in-place reasoning on the arith task: AR, no reasoning, reasoning, ICE with template and "
                         "answer-first exit (ice.json/md)")
+    p.add_argument("--flow", action="store_true",
+                   help="continuous (flow) diffusion against masked diffusion and AR on Shakespeare: held-out "
+                        "likelihood bounds side by side, samples and speed against sampling steps (flow.json/md/png)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
     p.add_argument("--model", required=True, help="bundled model name or a model folder")
@@ -271,6 +274,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
         return
     if args.fraction is not None or args.dtype is not None:
         raise UserError("--fraction and --dtype go with --published-shapes")
+    if args.flow:
+        from unmask.bench.flow import markdown as flow_markdown
+        from unmask.bench.flow import run_flow_bench
+
+        if args.serve or args.ice or args.device != "cpu":
+            raise UserError("--flow is a benchmark of its own, on the CPU: run it without --serve, --ice or --device")
+        report = run_flow_bench(quick=args.quick, out_dir=Path(args.out), progress=not args.json)
+        print(json.dumps(report) if args.json else flow_markdown(report))
+        return
     if args.ice:
         from unmask.bench.ice import markdown as ice_markdown
         from unmask.bench.ice import run_ice_bench

@@ -113,7 +113,8 @@ ODE_STEPS = 32  # RK4 steps of the flow bound (README "Continuous diffusion": 16
 def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, batch_size: int = 16,
                   seq_len: int | None = None, split: str = "test", exact_divergence: bool = False,
                   ode_steps: int | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
-    """Held-out loss in nats per token (a character, for the character tokenizer) and bits per token: the AR
+    """Held-out loss in nats per token (a character, for the character tokenizer), bits per token and per
+    character: the AR
     negative log-likelihood, the masked-diffusion ELBO bound, or a continuous model's ODE bound (Hutchinson's
     divergence estimate, or the exact one; `ode_steps` RK4 steps). Every window is scored whole, unprompted."""
     import math
@@ -136,8 +137,11 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     n_batches = max(1, (limit or 64) // batch_size)
     t0 = time.perf_counter()
     losses, terms = [], {"reconstruction": 0.0, "prior": 0.0, "volume": 0.0, "noise": 0.0}
+    tokens = chars = 0
     for i in tqdm(range(n_batches), desc="eval", disable=not progress, leave=False):
         batch = task.eval_batch(model.tokenizer, batch_size, i, seq_len=seq_len)
+        tokens += batch.ids.numel()
+        chars += sum(len(model.tokenizer.decode(row)) for row in batch.ids.tolist())
         if continuous:
             from unmask.flow_likelihood import ode_bound
 
@@ -154,6 +158,7 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     loss = sum(losses) / len(losses)
     out = {"task": task.name, "model": getattr(model, "name", "?"), "n": n_batches * batch_size,
            "loss": loss, "loss_kind": LOSS_KINDS[model.config.kind], "bits_per_token": loss / math.log(2),
+           "bits_per_char": loss * tokens / chars / math.log(2),  # the same for a character tokenizer
            "seq_len": seq_len, "seconds": time.perf_counter() - t0}
     if continuous:  # the bound's terms, nats per token: bound = reconstruction + prior - volume + noise
         out.update({"ode_steps": ode_steps or ODE_STEPS, "divergence": "exact" if exact_divergence else "hutchinson",

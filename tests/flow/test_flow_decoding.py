@@ -110,11 +110,13 @@ def test_generate_and_eval_on_the_command_line(trained_flow) -> None:
     out = json.loads(run.stdout)
     assert out["nfe"] == 8 and len(out["token_ids"]) <= 20
     run = subprocess.run([sys.executable, "-m", "unmask", "eval", "--model", folder, "--limit", "2", "--batch-size",
-                          "2", "--ode-steps", "4", "--json"], capture_output=True, text=True, timeout=300)
+                          "2", "--ode-steps", "16", "--json"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     res = json.loads(run.stdout)
-    assert res["loss_kind"] == "ode-bound" and res["loss"] > 0
+    assert res["loss_kind"] == "ode-bound" and res["loss"] > 0 and res["ode_steps"] == 16
     assert abs(res["bits_per_token"] - res["loss"] / math.log(2)) < 1e-9
+    terms = res["reconstruction_per_token"] + res["prior_per_token"] - res["volume_per_token"] + res["noise_per_token"]
+    assert abs(terms - res["loss"]) < 1e-6
     bad = subprocess.run([sys.executable, "-m", "unmask", "eval", "--model", folder, "--strategy", "flow"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "do not apply" in bad.stderr

@@ -21,7 +21,9 @@ loop.build_model = lambda cfg, tok: built.append(_build(cfg, tok)) or built[-1] 
 
 out = sys.argv[1]
 cfg = dataclasses.replace(get_recipe("tiny-sort-ar"), steps=4, eval_every=4, save_every=4)
-if len(sys.argv) > 2:  # RL: OUT INIT OBJECTIVE (tiny-sort-mdm-rl from the model folder INIT)
+if len(sys.argv) == 3:  # OUT RECIPE: 4 steps of another recipe (the continuous model's)
+    cfg = dataclasses.replace(get_recipe(sys.argv[2]), steps=4, eval_every=4, save_every=4)
+elif len(sys.argv) > 2:  # RL: OUT INIT OBJECTIVE (tiny-sort-mdm-rl from the model folder INIT)
     cfg = dataclasses.replace(get_recipe("tiny-sort-mdm-rl"), init=sys.argv[2], objective=sys.argv[3], steps=4,
                               eval_every=4, save_every=4)
 result = loop.train(cfg, out, progress=False)

@@ -40,6 +40,24 @@ def test_torchrun_two_processes_train_and_save(tmp_path):
     assert unmask.generate(model, ids, max_new_tokens=3, stop_at_eos=False).token_ids.shape == (1, 3)
 
 
+def test_torchrun_trains_a_continuous_model(tmp_path):
+    """Two ranks train tiny-shakespeare-flow (two passes a step with self-conditioning, the schedule fitted
+    outside the forward): the replicas stay identical and rank 0 saves a loadable model."""
+    paths = [os.environ.get("PYTHONPATH"), str(Path(__file__).parents[2])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+         str(tmp_path), "tiny-shakespeare-flow"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["losses"] != ranks[1]["losses"] and ranks[0]["checksum"] == ranks[1]["checksum"]
+    model = unmask.load_model(tmp_path)
+    assert model.config.kind == "continuous" and model.meta["train_steps"] == 4
+    assert [float(p.detach().double().sum()) for p in model.parameters()] == ranks[0]["checksum"]
+
+
 def test_torchrun_rl_keeps_the_replicas_identical(tmp_path, trained_mdm):
     """Two ranks run 4 RL iterations of trace-grpo (rollouts each on its own prompts, inner updates through
     DDP): their weights stay identical and rank 0 saves a loadable model."""

@@ -153,7 +153,7 @@ RECIPES: dict[str, TrainConfig] = {
         task_options={"max_len": 6, "max_window": 24}, description="test-sized RL sorter"),
     "tiny-shakespeare-flow": TrainConfig(
         name="tiny-shakespeare-flow", task="shakespeare", objective="flow",
-        model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=128, kind="continuous"),
+        model=ModelConfig(vocab_size=0, dim=32, n_layers=2, n_heads=2, max_seq_len=256, kind="continuous"),
         steps=20, batch_size=8, seq_len=32, warmup_steps=2, eval_every=10, eval_batches=1, save_every=10,
         description="test-sized continuous text model"),
     "tiny-sort-ar": TrainConfig(
