@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-divergence", action="store_true",
                    help="continuous models: the ODE bound with the Jacobian's exact trace instead of Hutchinson's "
                         "estimate (one pass per noisy coordinate: tiny models and short spans only)")
-    p.add_argument("--ode-steps", type=int, help="continuous models: RK4 steps of the ODE bound (default 32)")
+    p.add_argument("--ode-steps", type=int, help="continuous models: RK4 steps of the ODE bound (default 64)")
     p = sub.add_parser("train", help="train a model from a named recipe")
     p.add_argument("--recipe", required=True)
     p.add_argument("--out", help="output folder (default: runs/RECIPE)")

@@ -14,15 +14,19 @@ import unmask
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def test_torchrun_two_processes_train_and_save(tmp_path):
-    """Two ranks train tiny-sort-ar for 4 steps; weights stay identical across ranks; rank 0 saves."""
+def torchrun(out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """ddp_worker.py on two ranks (gloo, one thread each), writing into `out`."""
     paths = [os.environ.get("PYTHONPATH"), str(Path(__file__).parents[2])]  # the repo, after any given path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-         str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(WORKER), str(out), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_torchrun_two_processes_train_and_save(tmp_path):
+    """Two ranks train tiny-sort-ar for 4 steps; weights stay identical across ranks; rank 0 saves."""
+    proc = torchrun(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
@@ -43,13 +47,7 @@ def test_torchrun_two_processes_train_and_save(tmp_path):
 def test_torchrun_trains_a_continuous_model(tmp_path):
     """Two ranks train tiny-shakespeare-flow (two passes a step with self-conditioning, the schedule fitted
     outside the forward): the replicas stay identical and rank 0 saves a loadable model."""
-    paths = [os.environ.get("PYTHONPATH"), str(Path(__file__).parents[2])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-         str(tmp_path), "tiny-shakespeare-flow"], env=env, capture_output=True, text=True, timeout=120)
+    proc = torchrun(tmp_path, "tiny-shakespeare-flow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["losses"] != ranks[1]["losses"] and ranks[0]["checksum"] == ranks[1]["checksum"]
@@ -61,13 +59,7 @@ def test_torchrun_trains_a_continuous_model(tmp_path):
 def test_torchrun_rl_keeps_the_replicas_identical(tmp_path, trained_mdm):
     """Two ranks run 4 RL iterations of trace-grpo (rollouts each on its own prompts, inner updates through
     DDP): their weights stay identical and rank 0 saves a loadable model."""
-    paths = [os.environ.get("PYTHONPATH"), str(Path(__file__).parents[2])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-         str(tmp_path), str(trained_mdm[0]), "trace-grpo"], env=env, capture_output=True, text=True, timeout=180)
+    proc = torchrun(tmp_path, str(trained_mdm[0]), "trace-grpo", timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [4, 4]
