@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from unmask.config import ModelConfig
 from unmask.models.noise_schedule import GumbelSchedule, alpha_sigma
-from unmask.models.transformer import Block, Transformer, attention_mask
+from unmask.models.paged_cache import PassView
+from unmask.models.transformer import Block, RotaryEmbedding, Transformer, attention_mask
 
 TIME_FREQS = 32  # sinusoidal features of the noise level
 CLEAN_LEVEL = -0.05  # the normalised noise level clean positions are conditioned on (noisy ones lie in [0, 1])
@@ -52,7 +53,10 @@ class FlowBlock(Block):
         super().__init__(cfg, index)
         self.modulation_offset = nn.Parameter(torch.zeros(4 * cfg.dim))
 
-    def forward(self, x, rope, rot, mask, cache, layer, start, extent, shared: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, rot: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None, cache: PassView | None, layer: int, start: int, extent: int,
+                shared: torch.Tensor | None = None) -> torch.Tensor:
+        """As Block.forward; `shared` `# (B, L, 4d)` is the modulation every block shares."""
         s1, b1, s2, b2 = (shared + self.modulation_offset).chunk(4, dim=-1)  # each (B, L, d)
         x = x + self.attn(self.attn_norm(x) * (1 + s1) + b1, rope, rot, mask, cache, layer, start, extent)
         return x + self.ffn(self.ffn_norm(x) * (1 + s2) + b2)
@@ -101,8 +105,9 @@ class FlowTransformer(Transformer):
         return FlowInputs(z, g)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
-                valid: torch.Tensor | None = None, cache=None, start: int | torch.Tensor = 0,
-                attn_mask: torch.Tensor | None = None, kv=None, flow: FlowInputs | None = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None, cache: object = None, start: int | torch.Tensor = 0,
+                attn_mask: torch.Tensor | None = None, kv: PassView | None = None,
+                flow: FlowInputs | None = None) -> torch.Tensor:
         """Logits `# (B, L, V)`: x-prediction plus the skip term at noisy positions. `flow` gives the noisy
         inputs (default: `from_masks`); `kv` is the engine's paged storage (every column is rerun each step,
         so a continuous model reads no cached key); a `cache` is refused."""
@@ -130,7 +135,8 @@ class FlowTransformer(Transformer):
             x = layer(x, self.rope, rot, mask, kv, i, 0, L, shared)
         return self.output(x, cond, flow, clean)
 
-    def forward_paged(self, input_ids, positions, kv, attn_mask, flow: FlowInputs | None = None) -> torch.Tensor:
+    def forward_paged(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: PassView,
+                      attn_mask: torch.Tensor | None, flow: FlowInputs | None = None) -> torch.Tensor:
         return self.forward(input_ids, positions, kv=kv, attn_mask=attn_mask, flow=flow)
 
     def inputs(self, input_ids: torch.Tensor, flow: FlowInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
