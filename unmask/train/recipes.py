@@ -121,6 +121,14 @@ RECIPES: dict[str, TrainConfig] = {
         description="masked-diffusion adder trained on prompt, fixed-width chain of running sums and answer "
                     "(the answer at a fixed place: in-place reasoning and answer-first exit): arith-mdm-s1 "
                     "trained 10000 steps more"),
+    # The units-digit experiment (README "In-place reasoning"): arith-mdm trained 3000 steps more with half the
+    # rows masked from a random cut on; its control is `unmask train --recipe arith-mdm --init arith-mdm
+    # --max-steps 3000` (the same schedule without the suffix rows).
+    "arith-mdm-suffix": TrainConfig(
+        name="arith-mdm-suffix", task="arith", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        init="arith-mdm", steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=1000, save_every=250,
+        suffix_mask_share=0.5,
+        description="arith-mdm trained 3000 steps more with half of each batch masked from a random cut on"),
     "arith-ar": TrainConfig(
         name="arith-ar", task="arith", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
         steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
