@@ -1,15 +1,18 @@
 """`unmask eval`: accuracy (sort) or held-out loss (text) of a model, through `unmask.generate`."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from unmask.data import get_task
 from unmask.data.arith import ArithTask
 from unmask.data.sort import SortTask
 from unmask.decode.spec import Namer, python_name
+from unmask.flow_likelihood import ode_bound
 from unmask.generation import decode_requests
 
 # Fresh examples from the training distribution (never a held-out prompt) for choosing settings, so the
@@ -117,10 +120,6 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     character: the AR
     negative log-likelihood, the masked-diffusion ELBO bound, or a continuous model's ODE bound (Hutchinson's
     divergence estimate, or the exact one; `ode_steps` RK4 steps). Every window is scored whole, unprompted."""
-    import math
-
-    from tqdm import tqdm
-
     if split != "test":
         raise ValueError(f"text tasks have only the held-out split, not {split!r}")
     given = sorted(k for k, v in options.items() if v is not None and k != "namer")
@@ -143,8 +142,6 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
         tokens += batch.ids.numel()
         chars += sum(len(model.tokenizer.decode(row)) for row in batch.ids.tolist())
         if continuous:
-            from unmask.flow_likelihood import ode_bound
-
             b = ode_bound(model, batch.ids, batch.valid, exact=exact_divergence, steps=ode_steps or ODE_STEPS,
                           seed=i)
             n = float(b.tokens.sum())

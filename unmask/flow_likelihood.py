@@ -108,14 +108,12 @@ def ode_bound(model: torch.nn.Module, ids: torch.Tensor, noisy: torch.Tensor, *,
                     total += (vjp * p).sum(dim=(1, 2)).to(torch.float64)
                 return x_hat.detach(), total / probes
             total = torch.zeros(B, dtype=torch.float64)
-            for pos in range(L):
-                for k in range(d):
-                    if not bool(noisy[:, pos].any()):
-                        break
-                    unit = torch.zeros_like(z)
-                    unit[:, pos, k] = 1.0
-                    (col,) = torch.autograd.grad(x_hat, z, unit, retain_graph=True)
-                    total += (col[:, pos, k] * noisy[:, pos]).to(torch.float64)
+            scored = [pos for pos in range(L) if bool(noisy[:, pos].any())]  # clean columns: nothing to trace
+            for pos, k in ((pos, k) for pos in scored for k in range(d)):
+                unit = torch.zeros_like(z)
+                unit[:, pos, k] = 1.0
+                (col,) = torch.autograd.grad(x_hat, z, unit, retain_graph=True)
+                total += (col[:, pos, k] * noisy[:, pos]).to(torch.float64)
             return x_hat.detach(), total
 
     def dynamics(g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

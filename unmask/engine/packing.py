@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from unmask.decode.rows.base import Work
+from unmask.models.flow import FlowInputs
 from unmask.models.paged_cache import PagedKVCache, PassView
 
 # A pass's fixed cost in tokens' worth of compute: on this 2-core CPU a pass over 8 tokens took 1.8 ms and one
@@ -73,8 +74,6 @@ def pad_flow(works: list[Work], width: int) -> Any:
     no row has any."""
     if all(w.flow is None for w in works):
         return None
-    from unmask.models.flow import FlowInputs
-
     first = works[0].flow
     B, dim = len(works), first.z.shape[-1]
     z = first.z.new_zeros(B, width, dim)

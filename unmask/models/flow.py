@@ -62,6 +62,11 @@ class FlowBlock(Block):
         return x + self.ffn(self.ffn_norm(x) * (1 + s2) + b2)
 
 
+def expected_embedding(logits: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) E `# (..., d)`: the x-prediction in embedding space, for the table `# (V, d)`."""
+    return torch.softmax(logits.float(), dim=-1).to(table.dtype) @ table
+
+
 def time_features(u: torch.Tensor) -> torch.Tensor:
     """Sinusoidal features `# (..., 2F)` of the normalised noise level u `# (...)`."""
     freqs = torch.exp(-math.log(10000.0) * torch.arange(TIME_FREQS, device=u.device) / TIME_FREQS)
@@ -87,6 +92,10 @@ class FlowTransformer(Transformer):
         nn.init.normal_(self.self_cond_in.weight, std=0.02)
         if cfg.tie_embeddings:
             raise ValueError("a continuous model keeps its output head apart from its embedding table")
+        # At low noise the skip term makes the softmax very sharp: its tail and the gradients through it are
+        # denormal floats, which made CPU matrix products 3x slower here. Flushing them to zero changes no
+        # value above 1e-38 (a process-wide CPU flag; a no-op where the hardware has no denormal mode).
+        torch.set_flush_denormal(True)
 
     def embeddings(self) -> torch.Tensor:
         """The token embeddings `# (V, d)`, each row normalised to norm sqrt(d)."""
@@ -95,7 +104,7 @@ class FlowTransformer(Transformer):
 
     def expected_embedding(self, logits: torch.Tensor) -> torch.Tensor:
         """The prediction's expected embedding softmax(logits) E `# (..., d)`: the x-prediction in embedding space."""
-        return torch.softmax(logits.float(), dim=-1).to(self.embed.weight.dtype) @ self.embeddings()
+        return expected_embedding(logits, self.embeddings())
 
     def from_masks(self, input_ids: torch.Tensor) -> FlowInputs:
         """[MASK] ids as pure noise's mean (z = 0 at g_max), every other id clean."""
@@ -111,10 +120,6 @@ class FlowTransformer(Transformer):
         """Logits `# (B, L, V)`: x-prediction plus the skip term at noisy positions. `flow` gives the noisy
         inputs (default: `from_masks`); `kv` is the engine's paged storage (every column is rerun each step,
         so a continuous model reads no cached key); a `cache` is refused."""
-        # At low noise the skip term makes the softmax very sharp: its tail and the gradients through it are
-        # denormal floats, which made CPU matrix products 3x slower here. Flushing them to zero changes no
-        # value above 1e-38 (a process-wide CPU flag; a no-op where the hardware has no denormal mode).
-        torch.set_flush_denormal(True)
         if cache is not None or not isinstance(start, int) or start:
             raise ValueError("a continuous (flow) model reruns every column at each step: it takes no KV cache")
         B, L = input_ids.shape
@@ -128,21 +133,22 @@ class FlowTransformer(Transformer):
         mask = attn_mask
         if mask is None and kv is None:
             mask = attention_mask("bidirectional", positions, positions, valid)
-        x, cond, clean = self.inputs(input_ids, flow)
+        table = self.embeddings()  # (V, d), read by the inputs and the skip term
+        x, cond, clean = self.inputs(input_ids, flow, table)
         shared = self.modulation(cond)  # (B, L, 4d)
         rot = self.rope.tables(positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, self.rope, rot, mask, kv, i, 0, L, shared)
-        return self.output(x, cond, flow, clean)
+        return self.output(x, cond, flow, clean, table)
 
     def forward_paged(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: PassView,
                       attn_mask: torch.Tensor | None, flow: FlowInputs | None = None) -> torch.Tensor:
         return self.forward(input_ids, positions, kv=kv, attn_mask=attn_mask, flow=flow)
 
-    def inputs(self, input_ids: torch.Tensor, flow: FlowInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def inputs(self, input_ids: torch.Tensor, flow: FlowInputs, table: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the first block's input `# (B, L, d)`, the noise conditioning `# (B, L, d)`, clean `# (B, L)`)."""
         cfg = self.config
-        table = self.embeddings()
         clean = ~torch.isfinite(flow.g)  # (B, L)
         known = F.embedding(input_ids, table)  # (B, L, d)
         x = torch.where(clean[..., None], known, flow.z.to(known.dtype))
@@ -153,10 +159,11 @@ class FlowTransformer(Transformer):
         cond = self.time_mlp(time_features(u).to(known.dtype))
         return x, cond, clean
 
-    def output(self, x: torch.Tensor, cond: torch.Tensor, flow: FlowInputs, clean: torch.Tensor) -> torch.Tensor:
+    def output(self, x: torch.Tensor, cond: torch.Tensor, flow: FlowInputs, clean: torch.Tensor,
+               table: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         scale, shift = self.final_modulation(cond).chunk(2, dim=-1)
         logits = self.head(self.norm(x) * (1 + scale) + shift).float()  # (B, L, V)
         alpha, sigma = alpha_sigma(flow.g.float().clamp(cfg.g_min, cfg.g_max))
-        skip = (alpha / sigma.pow(2))[..., None] * (flow.z.float() @ self.embeddings().float().T)  # (B, L, V)
+        skip = (alpha / sigma.pow(2))[..., None] * (flow.z.float() @ table.float().T)  # (B, L, V)
         return logits + torch.where(clean[..., None], torch.zeros_like(skip), skip)

@@ -21,7 +21,7 @@ import torch
 from unmask.decode.rows.base import MAIN, Row, Work
 from unmask.decode.sampling import sample_next
 from unmask.decode.spec import Decoding
-from unmask.models.flow import FlowInputs
+from unmask.models.flow import FlowInputs, expected_embedding
 from unmask.models.noise_schedule import alpha_sigma
 
 
@@ -70,7 +70,7 @@ class FlowRow(Row):
             if not self.done:
                 self.finish("length")
             return
-        x_hat = torch.softmax(answer.float(), dim=-1).to(self.table.dtype) @ self.table  # (N, dim)
+        x_hat = expected_embedding(answer, self.table)  # (N, dim)
         self.z = self.move(self.z, x_hat, self.levels[self.k], self.levels[self.k + 1])
         self.estimate = x_hat
         self.k += 1
