@@ -112,6 +112,21 @@ def test_generate_json(capsys, mdm_dir, ar_dir, which):
     assert record["seconds"] > 0 and record["tokens_per_second"] >= 0
 
 
+def test_a_switch_turns_a_models_default_off(capsys):
+    """arith-mdm decodes with its template by default; `--no-template` decodes the bare canvas instead, the
+    same tokens as naming the default's other options without it."""
+    prompt = ("generate", "--model", "arith-mdm", "--prompt", "sum: 47 3 91 12", "--json")
+    fast = ("--strategy", "threshold", "--threshold", "0.9", "--confidence", "entropy", "--cache", "dual")
+    records = []
+    for flags in (("--no-template",), fast, ("--template",), fast + ("--template",)):
+        code, out, _ = run(capsys, *prompt, *flags)
+        assert code == 0
+        records.append(json.loads(out))
+    assert records[0]["token_ids"] == records[1]["token_ids"] and records[0]["nfe"] == records[1]["nfe"]
+    assert records[2] == {**records[3], "seconds": records[2]["seconds"],
+                          "tokens_per_second": records[2]["tokens_per_second"]}
+
+
 def test_generate_plain_text(capsys, mdm_dir):
     """Without --json the prompt and completion go to stdout, the speed line to stderr."""
     code, out, err = run(capsys, "generate", "--model", mdm_dir, "--prompt", "sort: 3 1", "--max-new-tokens", "8")

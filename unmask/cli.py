@@ -26,8 +26,8 @@ def add_decoding_flags(p: argparse.ArgumentParser) -> None:
             continue
         if o.kind == "gaps":
             p.add_argument(o.flag, nargs="?", const=",".join(str(g) for g in DEFAULT_GAPS), metavar="GAPS", help=o.help)
-        elif o.kind is bool:  # a switch: absent leaves the option to the decoder's default (None)
-            p.add_argument(o.flag, action="store_true", default=None, help=o.help)
+        elif o.kind is bool:  # --x / --no-x; absent leaves the option to the decoder's default (None)
+            p.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=None, help=o.help)
         else:
             # Choices are checked by the spec too, so a wrong one gets the same sentence as everywhere else.
             p.add_argument(o.flag, type=o.kind, metavar="|".join(o.choices) if o.choices else None, help=o.help)

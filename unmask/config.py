@@ -66,6 +66,9 @@ class ModelConfig:
     # causally with that length: the request's block_size is the attention's too, blocks from position 0.
     flexible_blocks: bool = False
     native_decoder: str | None = None  # the strategy a published family decodes with by default (sdar, llada2, ...)
+    # ICE: the default decoding writes the task's template into the canvas when the prompt fits it (README
+    # "In-place reasoning": for arith-mdm the benchmark backs it). Naming a strategy opts out, as of all defaults.
+    default_template: bool = False
     # continuous (flow) models: the range of the log noise-to-signal ratio g their noise path spans
     g_min: float = -10.0
     g_max: float = 10.0
@@ -138,7 +141,6 @@ class TrainConfig:
     # first curriculum_steps steps, easy (few masks) to hard; 0 turns it off.
     curriculum_steps: int = 0
     curriculum_start: float = 0.2
-    suffix_mask_share: float = 0.0  # mdm: share of rows masked from a random cut on (objectives.suffix_masks)
     # Distillation (d2f, sdtt): the teacher, a bundled name or a model folder; the student starts as its copy.
     teacher: str | None = None
     rounds: int = 1  # sdtt: rounds over `steps`; each starts from the last round's student as teacher
@@ -170,8 +172,6 @@ class TrainConfig:
             raise ValueError("rounds, step_tokens and distill_block must each be at least 1")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight must not be negative, not {self.ce_weight}")
-        if not 0 <= self.suffix_mask_share <= 1:
-            raise ValueError(f"suffix_mask_share must lie in [0, 1], not {self.suffix_mask_share}")
         if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
             raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")
         if self.group < 2 or self.inner_steps < 1 or self.lora_rank < 0:

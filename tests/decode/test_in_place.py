@@ -8,6 +8,7 @@ import torch
 
 import unmask
 from unmask.data.arith import ArithTask
+from unmask.decode.spec import resolve
 from unmask.evaluation import prompt_for
 
 PROMPTS = ["sum: 47 3 91", "sum: 5 60", "sum: 12 88 7 40"]
@@ -16,13 +17,20 @@ RULES = [{}, {"strategy": "threshold", "threshold": 0.3}, {"strategy": "threshol
          {"strategy": "random", "seed": 2}, {"strategy": "threshold", "early_commit": 2.0}]
 
 
-@pytest.fixture(scope="module")
-def adder(tmp_path_factory):
+@pytest.fixture(scope="module", params=["own-column", "shifted"])
+def adder(request, tmp_path_factory):
+    """A tiny adder scoring each token at its own column, and one adapted from AR (`arith-mdm`'s way:
+    Dream-style shifted logits, column i - 1 scores token i)."""
+    import dataclasses
+
     from unmask.train.loop import train
     from unmask.train.recipes import get_recipe
 
-    folder = tmp_path_factory.mktemp("tiny-arith-mdm")
-    train(get_recipe("tiny-arith-mdm"), folder, progress=False)
+    recipe = get_recipe("tiny-arith-mdm")
+    if request.param == "shifted":
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, logits_shift=True))
+    folder = tmp_path_factory.mktemp(f"tiny-arith-mdm-{request.param}")
+    train(recipe, folder, progress=False)
     return unmask.load_model(folder)
 
 
@@ -78,8 +86,26 @@ def test_models_without_an_answer_section_refuse_by_name(adder):
     with pytest.raises(ValueError, match="max_new_tokens must be at least"):
         unmask.generate(adder, ids, max_new_tokens=10, answer_exit=0.9)
     with pytest.raises(ValueError, match="answer_exit"):
-        unmask.generate(adder, ids, max_new_tokens=39, answer_exit_pool="min")
-    with pytest.raises(ValueError, match="template"):
-        unmask.generate(adder, torch.tensor([prompt_for(adder, "sum: 1")[0]]), max_new_tokens=39, template=True)
+        unmask.generate(adder, ids, max_new_tokens=40, answer_exit_pool="min")
+    with pytest.raises(ValueError, match="template: the prompt must be 'sum:' and 2 to 4 numbers"):
+        unmask.generate(adder, torch.tensor([prompt_for(adder, "sum: 1")[0]]), max_new_tokens=40, template=True)
     with pytest.raises(ValueError, match="template does not go with this model's default strategy 'ar'"):
         unmask.generate(unmask.load_model("sort-ar"), prompt, max_new_tokens=8, template=True)
+
+
+def test_arith_mdm_decodes_with_its_template_by_default_where_the_prompt_fits():
+    """The benchmark backs the template for arith-mdm, so its default decoding writes it; a prompt or window
+    that cannot take it decodes without it (the user never asked for it), and naming a strategy opts out."""
+    adder = unmask.load_model("arith-mdm")
+    fits, window = prompt_for(adder, "sum: 47 3 91")
+    fast = {"strategy": "threshold", "threshold": 0.9, "confidence": "entropy", "cache": "dual", "block_size": window}
+    default = unmask.generate(adder, torch.tensor([fits]), max_new_tokens=window)
+    assert torch.equal(default.token_ids, unmask.generate(adder, torch.tensor([fits]), max_new_tokens=window,
+                                                           template=True, **fast).token_ids)
+    too_many = torch.tensor([prompt_for(adder, "sum: 1 2 3 4 5 6")[0]])
+    unmask.generate(adder, too_many, max_new_tokens=window)  # decoded, without the template
+    unmask.generate(adder, torch.tensor([fits]), max_new_tokens=12)
+    with pytest.raises(ValueError, match="template: the prompt must be"):
+        unmask.generate(adder, too_many, max_new_tokens=window, template=True)
+    assert resolve(adder.config, {}).template and not resolve(adder.config, {"template": False}).template
+    assert not resolve(adder.config, {"strategy": "threshold"}).template

@@ -73,6 +73,18 @@ def test_mdm_loss_matches_hand_computation():
     assert torch.equal(noisy[~masked], batch.ids[~masked])
 
 
+def test_a_shifted_model_scores_each_target_from_the_column_before():
+    """An AR model adapted into a diffusion one (Dream: `logits_shift`) keeps its next-token head: a
+    masked target at i is scored by the logits at i - 1."""
+    batch = hand_batch()
+    logits = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(2))
+    model = FixedLogits(logits)
+    model.config = type("Config", (), {"logits_shift": True})()
+    loss = mdm_loss(model, batch, MASK, t=torch.ones(2, 1))
+    expected = (ce(logits[0, 1], 7) + ce(logits[0, 2], 8) + ce(logits[0, 3], 9) + ce(logits[1, 0], 4)) / 4
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+
+
 def test_mdm_loss_with_everything_masked():
     """At t=1 every target is masked and the loss is the mean CE over targets."""
     batch = hand_batch()
@@ -191,35 +203,3 @@ def test_block_diffusion_loss_in_one_pass_equals_block_by_block():
         m = masked[:, s:e]
         total += float((F.cross_entropy(logits[m], batch.ids[:, s:e][m], reduction="none") / t[:, s:e][m]).sum())
     assert float(one_pass) == pytest.approx(total / int(batch.target.sum()), rel=1e-4)
-
-
-def test_suffix_masks_hide_every_target_from_a_cut_on_and_weight_by_the_masked_share():
-    from unmask.train.objectives import suffix_masks
-
-    ids = torch.arange(40).view(4, 10) + 4
-    target = torch.zeros(4, 10, dtype=torch.bool)
-    target[:, 3:] = True  # a 3-token prompt, 7 targets
-    batch = Batch(ids, torch.ones_like(target), target)
-    gen = torch.Generator().manual_seed(0)
-    t = torch.full((4, 1), 0.5)
-    noisy, masked = mask_tokens(batch, 1, t, gen)
-    for _ in range(20):
-        n, m, w = suffix_masks(batch, 1, noisy, masked, t, 1.0, gen)
-        for r in range(4):
-            hidden = m[r].nonzero().view(-1).tolist()
-            assert hidden and hidden == list(range(hidden[0], 10)) and hidden[0] >= 3  # a suffix of the targets
-            assert float(w[r]) == pytest.approx(len(hidden) / 7)
-        assert torch.equal(n, torch.where(m, torch.ones_like(ids), ids))
-    same = suffix_masks(batch, 1, noisy, masked, t, 0.0, gen)
-    assert torch.equal(same[1], masked) and torch.equal(same[2], t)  # share 0: the i.i.d. masks untouched
-
-
-def test_mdm_loss_without_suffix_rows_draws_what_it_always_drew():
-    """The option off consumes no random numbers: every earlier recipe trains exactly as before."""
-    model = nn.Sequential(nn.Embedding(30, 8), nn.Linear(8, 30))
-    model.forward = lambda ids, valid=None: nn.Sequential.forward(model, ids)  # the loss passes valid=
-    ids = torch.randint(4, 30, (3, 6))
-    batch = Batch(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
-    a = mdm_loss(model, batch, 1, generator=torch.Generator().manual_seed(5))
-    b = mdm_loss(model, batch, 1, generator=torch.Generator().manual_seed(5), suffix_share=0.0)
-    assert torch.equal(a, b)

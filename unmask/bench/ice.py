@@ -31,6 +31,7 @@ from unmask.threads import choose_threads
 MODELS = {"mdm": "arith-mdm", "ar": "arith-ar", "direct": "arith-mdm-direct"}
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 FAST = {"strategy": "threshold", "threshold": 0.9, "confidence": "entropy", "cache": "dual"}  # the diffusion default
+# (arith-mdm's default adds the template: ModelConfig.default_template)
 
 
 def settings(window: int) -> list[Setting]:
@@ -40,10 +41,10 @@ def settings(window: int) -> list[Setting]:
             Setting("direct", "MDM without reasoning, vanilla", "direct", {"strategy": "low_confidence"}),
             Setting("direct-fast", "MDM without reasoning, default (threshold 0.9 entropy + dual)", "direct", {}),
             Setting("mdm", "MDM with reasoning, vanilla (blocks of 32)", "mdm", {"strategy": "low_confidence"}),
-            Setting("mdm-fast", "MDM with reasoning, default (threshold 0.9 entropy + dual, blocks of 32)", "mdm", {}),
+            Setting("mdm-fast", "MDM with reasoning, threshold 0.9 entropy + dual, blocks of 32", "mdm", dict(FAST)),
             Setting("ice", "ICE in place, vanilla (one block)", "mdm", vanilla),
             Setting("ice+template", "ICE + template, vanilla", "mdm", {**vanilla, "template": True}),
-            Setting("ice-fast+template", "ICE + template, threshold 0.9 entropy + dual", "mdm",
+            Setting("ice-fast+template", "ICE + template, threshold 0.9 entropy + dual (arith-mdm's default)", "mdm",
                     {**FAST, **one_block, "template": True})]
 
 
@@ -61,7 +62,8 @@ def choose_exit(model: torch.nn.Module, task: Any, base: Setting, limit: int, pr
         sweep[tau] = run({**base.options, "answer_exit": tau})
     ok = [t for t in TAUS if sweep[t]["accuracy"] >= full["accuracy"] - 0.01]
     chosen = min(ok, key=lambda t: sweep[t]["nfe_mean"]) if ok else max(TAUS)
-    return {"without_exit": full, "sweep": sweep, "chosen": chosen, "validation_examples": limit}
+    return {"without_exit": full, "sweep": sweep, "chosen": chosen, "within_a_point": bool(ok),
+            "validation_examples": limit}
 
 
 def run_ice_bench(*, quick: bool, out_dir: Path, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
@@ -78,7 +80,9 @@ def run_ice_bench(*, quick: bool, out_dir: Path, progress: bool = True, device: 
         if s.key in EXITS:
             info = choose_exit(loaded["mdm"], tasks["mdm"], s, val_limit, progress)
             choices[EXITS[s.key]] = info
-            rows.append(Setting(EXITS[s.key], f"{s.label} + answer exit {info['chosen']} (chosen on validation)",
+            how = "chosen on validation" if info["within_a_point"] else \
+                "the highest: none kept validation accuracy within a point"
+            rows.append(Setting(EXITS[s.key], f"{s.label} + answer exit {info['chosen']} ({how})",
                                 "mdm", {**s.options, "answer_exit": info["chosen"]}))
     results = []
     for s in tqdm(rows, desc="accuracy", disable=not progress, file=sys.stderr):
@@ -127,9 +131,34 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["settings"]:
         lines.append(f"| {r['label']} | {r['model']} | {r['accuracy']:.3f} | {r['forwards_per_answer']:.1f} | "
                      f"{r['batch1_tokens_per_second']:.0f} | {r['batch1_latency_ms']:.1f} ms |")
+    lines += ["", "The issue's two comparisons, on these held-out rows:"]
+    lines += [f"- {line}" for line in comparisons(report["settings"])]
     lines += ["", "Exit thresholds (validation split):"]
     for key, info in report["exit_choice"].items():
         sweep = ", ".join(f"{t}: {v['accuracy']:.3f} / {v['nfe_mean']:.1f}" for t, v in info["sweep"].items())
         lines.append(f"- {key}: chose {info['chosen']}; without exit {info['without_exit']['accuracy']:.3f} / "
                      f"{info['without_exit']['nfe_mean']:.1f}; accuracy / forwards by tau: {sweep}")
     return "\n".join(lines) + "\n"
+
+
+def comparisons(settings: list[dict[str, Any]]) -> list[str]:
+    """Each exit row against the same decoding without the exit (accuracy points, forwards saved), and the
+    best in-place reasoning row that spends no more forwards than each no-reasoning row, against it."""
+    by_key = {r["key"]: r for r in settings}
+    lines = []
+    for base, exit_key in EXITS.items():
+        if base in by_key and exit_key in by_key:
+            b, e = by_key[base], by_key[exit_key]
+            lines.append(f"{exit_key}: {100 * (e['accuracy'] - b['accuracy']):+.1f} points against {base}, "
+                         f"{b['forwards_per_answer'] / e['forwards_per_answer']:.2f}x fewer forwards "
+                         f"({b['forwards_per_answer']:.1f} -> {e['forwards_per_answer']:.1f})")
+    reasoning = [r for r in settings if r["model"] == MODELS["mdm"]]
+    for d in (r for r in settings if r["model"] == MODELS["direct"]):
+        within = [r for r in reasoning if r["forwards_per_answer"] <= d["forwards_per_answer"]]
+        if not within:
+            lines.append(f"no reasoning row spends at most {d['key']}'s {d['forwards_per_answer']:.1f} forwards")
+            continue
+        best = max(within, key=lambda r: r["accuracy"])
+        lines.append(f"{best['key']} ({best['forwards_per_answer']:.1f} forwards) against {d['key']} "
+                     f"({d['forwards_per_answer']:.1f}): {100 * (best['accuracy'] - d['accuracy']):+.1f} points")
+    return lines

@@ -33,7 +33,9 @@ class ArithTask:
     max_terms: int = 4
     max_value: int = 99
     reasoning: bool = True
-    answer_window: int = 6  # the answer section: the sum's digits, then EOS fill
+    # The answer section: the sum's digits, then EOS fill. 7 tokens is what the bundled models were trained on
+    # (the encoder once filled one past a 6-token section; decoders now get the trained canvas exactly).
+    answer_window: int = 7
     n_test: int = 1000
     name: str = "arith"
 
@@ -130,8 +132,8 @@ class ArithTask:
         prompt = self.prompt_ids(tok, ex.prompt)
         text = ex.answer if fill else self.target(self.terms(ex.prompt), fixed=False)  # AR: no padding
         answer = tok.encode(text) + [tok.eos_token_id]
-        if fill:  # diffusion: EOS fills the answer section to its fixed end
-            answer += [tok.eos_token_id] * (self.max_window - len(answer) + 1)
+        if fill:  # diffusion: EOS fills the canvas to its fixed end, exactly the window a decoder is given
+            answer += [tok.eos_token_id] * (self.max_window - len(answer))
         return prompt + answer, len(prompt)
 
     def batch(self, tok: Tokenizer, examples: list[Example], fill: bool) -> Batch:

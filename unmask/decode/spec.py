@@ -295,6 +295,8 @@ def choose_strategy(config: Any, given: dict[str, Any], namer: Namer) -> tuple[s
     native = getattr(config, "native_decoder", None)
     default = {"strategy": native} if native else dict(DEFAULT_DECODING[config.kind])
     strategy = default.pop("strategy")
+    if getattr(config, "default_template", False) and strategy in BY_NAME["template"].decoders:
+        default["template"] = True  # applied only where the prompt fits it (in_place.answer_layout)
     foreign = [n for n in given if strategy not in BY_NAME[n].decoders]
     if not foreign:
         return strategy, default

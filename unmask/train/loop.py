@@ -83,7 +83,7 @@ def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, gener
             step: int = 0, teacher: torch.nn.Module | None = None) -> torch.Tensor:
     if cfg.objective == "mdm":
         return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator,
-                        t_max=curriculum_t_max(step, cfg), suffix_share=cfg.suffix_mask_share)
+                        t_max=curriculum_t_max(step, cfg))
     if cfg.objective == "flow":
         return flow_loss(model, batch, generator)
     if cfg.objective == "isd":

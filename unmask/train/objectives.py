@@ -27,41 +27,31 @@ def low_discrepancy_uniform(n: int, generator: torch.Generator | None = None) ->
 
 def mdm_loss(model: torch.nn.Module, batch: Batch, mask_id: int, *, eps: float = 1e-3,
              generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-             t_max: float = 1.0, suffix_share: float = 0.0) -> torch.Tensor:
+             t_max: float = 1.0) -> torch.Tensor:
     """Masked-diffusion loss per target token: sum over masked tokens of CE / t, divided by #targets.
 
     t ~ U(eps, 1) per sequence unless given, drawn low-discrepancy (MDLM): one uniform offset
     shifted by i/B for row i, so every batch spans the whole noise range. Each t is still U(eps, 1),
     so the expectation is the ELBO bound on the NLL per token, with less variance between batches.
     t_max < 1 (a curriculum's early steps) draws from U(eps, t_max) instead: only the easier rates.
-    suffix_share > 0: that share of rows instead masks every target from a uniformly drawn cut on (everything
-    before it visible, as an AR model always sees it), weighted by 1 / its masked share; an auxiliary term
-    for the arith adder (README "In-place reasoning"), not part of the bound.
     """
     if t is None:
         t = eps + (max(t_max, eps) - eps) * low_discrepancy_uniform(batch.ids.shape[0], generator)
     noisy, masked = mask_tokens(batch, mask_id, t, generator)
-    if suffix_share > 0:
-        noisy, masked, t = suffix_masks(batch, mask_id, noisy, masked, t, suffix_share, generator)
-    logits = model(noisy, valid=batch.valid)  # (B, L, V)
+    logits = aligned_logits(model, model(noisy, valid=batch.valid))  # (B, L, V)
     weight = (1.0 / t).expand_as(masked)[masked]
     ce = F.cross_entropy(logits[masked], batch.ids[masked], reduction="none")
     return (ce * weight).sum() / batch.target.sum().clamp(min=1)
 
 
-def suffix_masks(batch: Batch, mask_id: int, noisy: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
-                 share: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noisy, masked, t `# (B, 1)`) with `share` of the rows masked from a random cut in their targets on."""
-    B, L = batch.ids.shape
-    rows = torch.rand(B, generator=generator) < share  # (B,)
-    n = batch.target.sum(1)  # (B,) targets per row
-    first = batch.target.float().argmax(1)  # (B,) the first target
-    cut = first + (torch.rand(B, generator=generator) * n).long()  # (B,) in [first, first + n)
-    suffix = (torch.arange(L)[None, :] >= cut[:, None]) & batch.target  # (B, L)
-    masked = torch.where(rows[:, None], suffix, masked)
-    noisy = torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids)
-    share_masked = masked.sum(1, keepdim=True).float() / n[:, None].clamp(min=1)
-    return noisy, masked, torch.where(rows[:, None], share_masked.clamp(min=1e-3), t)
+def aligned_logits(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Logits `# (B, L, V)` with column i scoring token i. A Dream-style model (`logits_shift`: an AR model
+    adapted into a diffusion one keeps its next-token head) scores token i at column i - 1; targets never
+    sit at column 0 (a prompt comes first), so the first column's duplicate is never scored."""
+    config = getattr(getattr(model, "module", model), "config", None)  # the model itself under DDP
+    if not getattr(config, "logits_shift", False):
+        return logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
 def ar_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:

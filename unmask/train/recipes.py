@@ -108,31 +108,45 @@ RECIPES: dict[str, TrainConfig] = {
         steps=2000, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="continuous (embedding-space, LangFlow-style) diffusion character model of Shakespeare's works"),
     # ICE (in-place reasoning): sums of 2-4 numbers, with the chain of running sums and without.
-    "arith-mdm-s1": TrainConfig(
-        name="arith-mdm-s1", task="arith", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
-        steps=5000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
-        description="masked-diffusion adder, first stage (5000 steps) of arith-mdm: prompt, fixed-width chain "
-                    "of running sums and answer"),
-    # The second stage: 5000 steps left the adder's arithmetic half learnt (held-out ELBO still falling).
+    # The adder the ICE rows use: its AR twin adapted into masked diffusion (Dream, DiffuLLaMA): arith-ar's
+    # weights, attention made bidirectional, the next-token head kept (`logits_shift`: column i - 1 scores
+    # token i). Trained from scratch instead (arith-mdm-scratch) it never learnt the units digit.
     "arith-mdm": TrainConfig(
-        name="arith-mdm", task="arith", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
-        init="arith-mdm-s1", steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=1000,
-        save_every=250,
-        description="masked-diffusion adder trained on prompt, fixed-width chain of running sums and answer "
-                    "(the answer at a fixed place: in-place reasoning and answer-first exit): arith-mdm-s1 "
-                    "trained 10000 steps more"),
-    # The units-digit experiment (README "In-place reasoning"): arith-mdm trained 3000 steps more with half the
-    # rows masked from a random cut on; its control is `unmask train --recipe arith-mdm --init arith-mdm
-    # --max-steps 3000` (the same schedule without the suffix rows).
-    "arith-mdm-suffix": TrainConfig(
-        name="arith-mdm-suffix", task="arith", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
-        init="arith-mdm", steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=1000, save_every=250,
-        suffix_mask_share=0.5,
-        description="arith-mdm trained 3000 steps more with half of each batch masked from a random cut on"),
+        name="arith-mdm", task="arith", objective="mdm",
+        model=dataclasses.replace(SORT_MODEL, kind="diffusion", logits_shift=True, default_template=True),
+        init="arith-ar", steps=6000, batch_size=64, lr=5e-4, warmup_steps=100, eval_every=1000, save_every=250,
+        description="masked-diffusion adder adapted from its AR twin arith-ar (bidirectional attention, "
+                    "shifted logits), trained on prompt, fixed-width chain of running sums and answer (the "
+                    "answer at a fixed place: in-place reasoning and answer-first exit)"),
+    # From scratch, two stages (README "In-place reasoning": 8.1% held out; the units digit at chance).
+    "arith-mdm-scratch-s1": TrainConfig(
+        name="arith-mdm-scratch-s1", task="arith", objective="mdm",
+        model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        steps=5000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        description="masked-diffusion adder from scratch, first stage: prompt, fixed-width chain of running "
+                    "sums and answer"),
+    "arith-mdm-scratch": TrainConfig(
+        name="arith-mdm-scratch", task="arith", objective="mdm",
+        model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+        init="runs/arith-mdm-scratch-s1", steps=10000, batch_size=64, lr=1e-3, warmup_steps=100,
+        eval_every=1000, save_every=250,
+        description="masked-diffusion adder from scratch: arith-mdm-scratch-s1 trained 10000 steps more"),
     "arith-ar": TrainConfig(
         name="arith-ar", task="arith", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
         steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="autoregressive twin of arith-mdm: same shape, the same chains (without the padding)"),
+    # The contrast made the same way as arith-mdm: an AR model of prompt -> answer, adapted into diffusion.
+    "arith-ar-direct": TrainConfig(
+        name="arith-ar-direct", task="arith", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
+        steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        task_options={"reasoning": False},
+        description="AR adder trained on prompt and answer only (no reasoning)"),
+    "arith-mdm-direct-from-ar": TrainConfig(
+        name="arith-mdm-direct-from-ar", task="arith", objective="mdm",
+        model=dataclasses.replace(SORT_MODEL, kind="diffusion", logits_shift=True),
+        init="runs/arith-ar-direct", steps=3000, batch_size=64, lr=5e-4, warmup_steps=100, eval_every=500,
+        save_every=250, task_options={"reasoning": False},
+        description="masked-diffusion adder adapted from arith-ar-direct, prompt and answer only (no reasoning)"),
     "arith-mdm-direct": TrainConfig(
         name="arith-mdm-direct", task="arith", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
         steps=15000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
