@@ -172,6 +172,9 @@ class TrainConfig:
             raise ValueError("rounds, step_tokens and distill_block must each be at least 1")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight must not be negative, not {self.ce_weight}")
+        if self.model.logits_shift and self.objective != "mdm":  # objectives.aligned_logits is the mdm loss's
+            raise ValueError(f"logits_shift (an AR model adapted into diffusion) trains with objective 'mdm' only, "
+                             f"not {self.objective!r}")
         if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
             raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")
         if self.group < 2 or self.inner_steps < 1 or self.lora_rank < 0:

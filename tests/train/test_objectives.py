@@ -203,3 +203,16 @@ def test_block_diffusion_loss_in_one_pass_equals_block_by_block():
         m = masked[:, s:e]
         total += float((F.cross_entropy(logits[m], batch.ids[:, s:e][m], reduction="none") / t[:, s:e][m]).sum())
     assert float(one_pass) == pytest.approx(total / int(batch.target.sum()), rel=1e-4)
+
+
+def test_only_the_mdm_objective_takes_shifted_logits():
+    """The other objectives read each column as its own token's scores: a shifted model is refused by name."""
+    import dataclasses
+
+    from unmask.train.recipes import get_recipe
+
+    recipe = get_recipe("arith-mdm")
+    assert recipe.model.logits_shift and recipe.objective == "mdm"
+    for objective in ("bd", "d2f", "trace-grpo"):
+        with pytest.raises(ValueError, match=f"logits_shift .* objective 'mdm' only, not '{objective}'"):
+            dataclasses.replace(recipe, objective=objective)

@@ -61,7 +61,7 @@ def answer_layout(model: torch.nn.Module, prompt: torch.Tensor, d: Decoding) -> 
     return AnswerLayout(task.answer_start, task.max_window, canvas)
 
 
-def fits_template(model: torch.nn.Module, task, prompt: torch.Tensor, d: Decoding) -> bool:
+def fits_template(model: torch.nn.Module, task: object, prompt: torch.Tensor, d: Decoding) -> bool:
     """Whether a request can take the task's template: a canvas as long as the task's, numbers it was trained on."""
     values = task.terms(model.tokenizer.decode(prompt.tolist())) if hasattr(task, "terms") else None
     return (getattr(task, "reasoning", False) and d.max_new_tokens >= task.max_window and values is not None
