@@ -37,12 +37,15 @@ def answer_layout(model: torch.nn.Module, prompt: torch.Tensor, d: Decoding) -> 
     from unmask.evaluation import sort_task_of
 
     task = sort_task_of(model)
-    # The model's default template (not one the request asked for) applies only where the prompt fits it.
-    template = d.template and ("template" in d.given or fits_template(model, task, prompt, d))
+    arith = isinstance(task, ArithTask) and task.reasoning
+    values = task.terms(model.tokenizer.decode(prompt.tolist())) if arith else None
+    fits = values is not None and task.min_terms <= len(values) <= task.max_terms
+    # The model's default template (not one the request asked for) applies only where prompt and window fit it.
+    template = d.template and ("template" in d.given or (fits and d.max_new_tokens >= task.max_window))
     if not template and d.answer_exit is None:
         return None
     which = d.namer("template" if template else "answer_exit")
-    if not isinstance(task, ArithTask) or not task.reasoning:
+    if not arith:
         raise ValueError(f"{which} needs a model trained with a reasoning section and an answer at a fixed place "
                          f"(e.g. arith-mdm); this one has none")
     if d.max_new_tokens < task.max_window:
@@ -50,22 +53,14 @@ def answer_layout(model: torch.nn.Module, prompt: torch.Tensor, d: Decoding) -> 
                          f"{task.max_window}, not {d.max_new_tokens}")
     canvas = None
     if template:
-        tok = model.tokenizer
-        values = task.terms(tok.decode(prompt.tolist()))
-        if values is None or not task.min_terms <= len(values) <= task.max_terms:
+        if not fits:
             raise ValueError(f"{which}: the prompt must be 'sum:' and {task.min_terms} to {task.max_terms} numbers")
+        tok = model.tokenizer
         text = task.template(len(values))
         ids = [model.mask_token_id if c == "_" else tok.encode(c)[0] for c in text]
         ids += [model.mask_token_id] * (d.max_new_tokens - len(ids))
         canvas = torch.tensor(ids, dtype=torch.long, device=prompt.device)
     return AnswerLayout(task.answer_start, task.max_window, canvas)
-
-
-def fits_template(model: torch.nn.Module, task: object, prompt: torch.Tensor, d: Decoding) -> bool:
-    """Whether a request can take the task's template: a canvas as long as the task's, numbers it was trained on."""
-    values = task.terms(model.tokenizer.decode(prompt.tolist())) if hasattr(task, "terms") else None
-    return (getattr(task, "reasoning", False) and d.max_new_tokens >= task.max_window and values is not None
-            and task.min_terms <= len(values) <= task.max_terms)
 
 
 class AnswerExit:

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from unmask.data.batch import Batch
+from unmask.likelihood import shift_logits
 
 
 def mask_tokens(batch: Batch, mask_id: int, t: torch.Tensor, generator: torch.Generator | None = None
@@ -49,9 +50,7 @@ def aligned_logits(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor
     adapted into a diffusion one keeps its next-token head) scores token i at column i - 1; targets never
     sit at column 0 (a prompt comes first), so the first column's duplicate is never scored."""
     config = getattr(getattr(model, "module", model), "config", None)  # the model itself under DDP
-    if not getattr(config, "logits_shift", False):
-        return logits
-    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    return shift_logits(logits) if getattr(config, "logits_shift", False) else logits
 
 
 def ar_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
