@@ -166,6 +166,9 @@ class TrainConfig:
     p_mask_prompt: float = 0.15  # diffu-grpo, wd1: prompt tokens masked in the one-step estimate
     eval_examples: int = 200  # RL: held-out answers decoded at the rollout operating point per eval
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) instead of every weight
+    # Update only on groups whose rewards differ (DAPO's dynamic sampling, as a filter): a group of equal
+    # rewards has zero advantages, so without KL it adds nothing to any objective's gradient but its passes.
+    drop_uniform_groups: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.step_tokens < 1 or self.distill_block < 1:
@@ -182,3 +185,6 @@ class TrainConfig:
                              "least 1 and lora_rank not negative")
         if not 0 <= self.p_mask_prompt < 1 or self.clip_eps <= 0 or self.kl_beta < 0:
             raise ValueError("p_mask_prompt must lie in [0, 1), clip_eps above 0 and kl_beta not negative")
+        if self.drop_uniform_groups and self.kl_beta:
+            raise ValueError("drop_uniform_groups skips groups whose KL term kl_beta still reads: use one or the "
+                             "other")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from unmask.data.batch import make_batch
-from unmask.rl.iteration import estimate, mask_generator, rl_iteration
+from unmask.rl.iteration import estimate, mask_generator, rl_iteration, updated_rows
 from unmask.rl.objectives import (clipped_policy_loss, group_advantages, one_step_logprobs, trace_logprobs,
                                   wd1_loss)
 from unmask.rl.rewards import exact, partial, speed, total_reward
@@ -102,6 +102,29 @@ def test_wd1_weights_on_hand_numbers():
     assert wd1_loss(logp, torch.tensor([0.0, 0.0]), scored, 2).item() == pytest.approx(0.0)  # no signal
 
 
+def test_dropping_uniform_groups_keeps_the_gradient_direction(rl_cfg):
+    """Groups of equal rewards add nothing to the clipped loss's or wd1's gradient, so an update on the other
+    groups alone points the same way (the clipped loss is a mean over fewer tokens: a larger scale)."""
+    cfg = dataclasses.replace(rl_cfg, group=2, drop_uniform_groups=True)
+    adv = group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5, 0.0]), 2)  # the middle group is uniform
+    kept = updated_rows(adv, cfg)
+    assert kept.tolist() == [0, 1, 4, 5]
+    torch.manual_seed(0)
+    logp = torch.randn(6, 3).requires_grad_()
+    old, scored = logp.detach() + 0.1 * torch.randn(6, 3), torch.ones(6, 3, dtype=torch.bool)
+    full = torch.autograd.grad(clipped_policy_loss(logp, old, adv, scored, 0.2)[0], logp)[0]
+    part = torch.autograd.grad(clipped_policy_loss(logp[kept], old[kept], adv[kept], scored[kept], 0.2)[0], logp)[0]
+    assert torch.count_nonzero(full[2:4]) == 0
+    assert torch.allclose(part, full * 6 / 4)  # 18 scored tokens in all, 12 kept
+    full = torch.autograd.grad(wd1_loss(logp, adv, scored, 2), logp)[0]
+    part = torch.autograd.grad(wd1_loss(logp[kept], adv[kept], scored[kept], 2), logp)[0]
+    assert torch.count_nonzero(full[2:4]) == 0 and torch.allclose(part, full * 3 / 2)  # a mean over 2 groups, not 3
+    # no group differs: the first still runs, so every DDP process takes part in the update
+    assert updated_rows(torch.zeros(6), cfg).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="drop_uniform_groups"):
+        dataclasses.replace(cfg, kl_beta=0.04)
+
+
 def test_rewards():
     ex = type("Ex", (), {"answer": "1 2 3"})()
     assert exact(" 1 2 3 ", ex, 1, 10) == 1.0 and exact("1 2", ex, 1, 10) == 0.0
@@ -160,13 +183,14 @@ def test_inner_updates_reuse_the_cached_masks(rl_cfg, objective, mdm_model):
 
 @pytest.mark.parametrize("objective", ["diffu-grpo", "wd1", "trace-grpo"])
 def test_rl_resumes_bit_for_bit(rl_cfg, objective, tmp_path):
-    cfg = dataclasses.replace(rl_cfg, objective=objective, kl_beta=0.04 if objective == "diffu-grpo" else 0.0)
+    kl = objective == "diffu-grpo"  # the KL term reads every group: none is dropped
+    cfg = dataclasses.replace(rl_cfg, objective=objective, kl_beta=0.04 if kl else 0.0, drop_uniform_groups=not kl)
     straight = train(cfg, tmp_path / "straight", progress=False)
     train(cfg, tmp_path / "resumed", stop_after=2, progress=False)
     resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert resumed.losses == straight.losses[2:]
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert {"reward", "accuracy", "forwards", "tokens_per_forward"} <= set(records[0])
+    assert {"reward", "accuracy", "forwards", "tokens_per_forward", "updated_share"} <= set(records[0])
     assert "eval_accuracy" in records[1]
     assert (tmp_path / "straight" / "rl_curve.png").stat().st_size > 0
 

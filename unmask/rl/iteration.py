@@ -57,6 +57,10 @@ def rl_iteration(model: torch.nn.Module, policy: torch.nn.Module, reference: tor
                             for t, ex, f in zip(texts, per_example, ro.forwards)], dtype=torch.float32)
     advantages = group_advantages(rewards, cfg.group)
     batch, scored, steps = ro.batch(tok.pad_token_id)
+    kept = updated_rows(advantages, cfg) if cfg.drop_uniform_groups else None
+    if kept is not None:
+        batch = type(batch)(batch.ids[kept], batch.valid[kept], batch.target[kept])
+        scored, steps, advantages = scored[kept], steps[kept], advantages[kept]
     device = next(model.parameters()).device
     batch = type(batch)(batch.ids.to(device), batch.valid.to(device), batch.target.to(device))
     scored, steps, advantages = scored.to(device), steps.to(device), advantages.to(device)
@@ -77,8 +81,19 @@ def rl_iteration(model: torch.nn.Module, policy: torch.nn.Module, reference: tor
         opt.step()
         losses.append(float(loss.detach()))
     metrics = rollout_metrics(ro, texts, per_example, rewards)
+    metrics["updated_share"] = 1.0 if kept is None else len(kept) / len(ro)
     metrics.update(stats)
     return IterationResult(sum(losses) / len(losses), metrics)
+
+
+def updated_rows(advantages: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The rows of the groups whose rewards differ `# (n,)`: the only ones any objective's gradient reads
+    without KL. None differing: the first group still runs (with zero advantages, so a zero gradient
+    without KL), so every DDP process takes part in each update."""
+    informative = advantages.view(-1, cfg.group).ne(0).any(dim=1)  # (groups,)
+    if not informative.any():
+        informative[0] = True
+    return informative.repeat_interleave(cfg.group).nonzero().squeeze(1)
 
 
 @torch.no_grad()
