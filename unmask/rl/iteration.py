@@ -57,7 +57,7 @@ def rl_iteration(model: torch.nn.Module, policy: torch.nn.Module, reference: tor
                             for t, ex, f in zip(texts, per_example, ro.forwards)], dtype=torch.float32)
     advantages = group_advantages(rewards, cfg.group)
     batch, scored, steps = ro.batch(tok.pad_token_id)
-    kept = updated_rows(advantages, cfg) if cfg.drop_uniform_groups else None
+    kept = updated_rows(advantages, cfg.group) if cfg.drop_uniform_groups else None
     if kept is not None:
         batch = type(batch)(batch.ids[kept], batch.valid[kept], batch.target[kept])
         scored, steps, advantages = scored[kept], steps[kept], advantages[kept]
@@ -86,14 +86,16 @@ def rl_iteration(model: torch.nn.Module, policy: torch.nn.Module, reference: tor
     return IterationResult(sum(losses) / len(losses), metrics)
 
 
-def updated_rows(advantages: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The rows of the groups whose rewards differ `# (n,)`: the only ones any objective's gradient reads
-    without KL. None differing: the first group still runs (with zero advantages, so a zero gradient
-    without KL), so every DDP process takes part in each update."""
-    informative = advantages.view(-1, cfg.group).ne(0).any(dim=1)  # (groups,)
+def updated_rows(advantages: torch.Tensor, group: int) -> torch.Tensor:
+    """The rows of the groups with an advantage other than 0 `# (n,)`: the only ones any objective's gradient
+    reads without KL. (Equal rewards can leave r - mean(r) a rounding away from 0, 1e-7 in float32; such a
+    group is kept, its gradient being tiny but not 0, so dropping never changes more than the loss's scale.)
+    None kept: the first group still runs (a zero gradient without KL), so every DDP process takes part in
+    each update."""
+    informative = advantages.view(-1, group).ne(0).any(dim=1)  # (groups,)
     if not informative.any():
         informative[0] = True
-    return informative.repeat_interleave(cfg.group).nonzero().squeeze(1)
+    return informative.repeat_interleave(group).nonzero().squeeze(1)
 
 
 @torch.no_grad()
