@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -124,20 +123,13 @@ def test_generate_and_eval_on_the_command_line(trained_flow) -> None:
 
 def test_served_answers_equal_generate_alone(trained_flow) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-    from test_server import start_server  # the server tests' starter
+    from test_server import complete_together, start_server  # the server tests' helpers
 
     folder = str(trained_flow[0])
     model = unmask.load_model(folder)
     cases = [("ROMEO:", {"steps": 6}), ("JULIET: O", {"steps": 4, "sampler": "sde"}), ("To be", {"steps": 5})]
     for base, served in start_server(folder):
-        def ask(case):
-            prompt, opts = case
-            r = httpx.post(base + "/v1/completions", json={"model": served, "prompt": prompt, "max_tokens": 16,
-                                                           "seed": 11, **opts}, timeout=60)
-            assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["text"]
-        with ThreadPoolExecutor(len(cases)) as pool:  # in flight together: batched in the engine
-            texts = list(pool.map(ask, cases))
+        texts = complete_together(base, served, cases, max_tokens=16, seed=11)
         for (prompt, opts), text in zip(cases, texts):
             ids = torch.tensor([model.tokenizer.encode(prompt)])
             out = unmask.generate(model, ids, max_new_tokens=16, seed=11, **opts)

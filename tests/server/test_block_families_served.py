@@ -4,7 +4,6 @@ alone, for the folder's own decoder and for other rules, several requests in fli
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
 import unmask
-from test_server import start_server
+from test_server import complete_together, start_server
 
 REFERENCE = Path(__file__).resolve().parent.parent / "data" / "reference"
 PROMPTS = [[5, 105, 108, 36, 37, 127, 12, 69, 92, 125, 97, 81, 46], [73, 126, 79, 4, 81, 64], list(range(10, 26))]
@@ -39,14 +38,7 @@ def test_each_family_served_answers_as_generate_alone(name, extra, tmp_path):
     model = unmask.load_model(folder)
     cases = [(p, opts) for p in PROMPTS for opts in ({}, extra, {"strategy": "threshold", "threshold": 0.7})]
     for base, served in start_server(str(folder)):
-        def ask(case):
-            prompt, opts = case
-            r = httpx.post(base + "/v1/completions", json={"model": served, "prompt": prompt, "max_tokens": 18,
-                                                           **opts}, timeout=60)
-            assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["text"]
-        with ThreadPoolExecutor(len(cases)) as pool:  # all in flight together: batched in the engine
-            texts = list(pool.map(ask, cases))
+        texts = complete_together(base, served, cases, max_tokens=18)
         for (prompt, opts), text in zip(cases, texts):
             out = unmask.generate(model, torch.tensor([prompt]), max_new_tokens=18, **opts)
             assert text and text == model.tokenizer.decode(out.token_ids[0, :out.lengths[0]].tolist()), (prompt, opts)

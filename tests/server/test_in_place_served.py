@@ -3,14 +3,13 @@ arith-mdm, requests in flight together answering as `unmask.generate` does alone
 template where the prompt fits it; a template the prompt cannot take refused with a 400 naming it."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import torch
 
 import unmask
 from unmask.evaluation import prompt_for
-from test_server import start_server
+from test_server import complete_together, start_server
 
 PROMPTS = ["sum: 47 3 91 12", "sum: 5 60", "sum: 12 88 7"]
 OPTIONS = [{}, {"template": False}, {"strategy": "low_confidence", "template": True, "answer_exit": 0.9},
@@ -21,14 +20,7 @@ def test_served_in_place_requests_answer_as_generate_alone():
     model = unmask.load_model("arith-mdm")
     cases = [(p, o) for p in PROMPTS for o in OPTIONS]
     for base, served in start_server("arith-mdm"):
-        def ask(case):
-            prompt, options = case
-            r = httpx.post(base + "/v1/completions", json={"model": served, "prompt": prompt, "max_tokens": 40,
-                                                           **options}, timeout=60)
-            assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["text"]
-        with ThreadPoolExecutor(len(cases)) as pool:  # all in flight together: batched in the engine
-            texts = list(pool.map(ask, cases))
+        texts = complete_together(base, served, cases, max_tokens=40)
         for (prompt, options), text in zip(cases, texts):
             ids, _ = prompt_for(model, prompt)
             out = unmask.generate(model, torch.tensor([ids]), max_new_tokens=40, **options)

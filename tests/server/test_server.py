@@ -40,6 +40,19 @@ def start_server(model: str, *extra: str):
     assert code == 0 and "Application shutdown complete" in log, log[-2000:]
 
 
+def complete_together(base: str, served: str, cases: list[tuple], **fields) -> list[str]:
+    """POST every (prompt, options) case to /v1/completions at once (all in flight together: batched in
+    the engine), with `fields` in each body; each answer's text, in order (each must be a 200)."""
+    def ask(case):
+        prompt, options = case
+        r = httpx.post(base + "/v1/completions", json={"model": served, "prompt": prompt, **fields, **options},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+        return list(pool.map(ask, cases))
+
+
 @pytest.fixture(scope="module")
 def server(trained_mdm):
     folder = str(trained_mdm[0])
