@@ -100,15 +100,15 @@ RECIPES: dict[str, TrainConfig] = {
                     "1-token steps learnt as 2-token steps, then 2 as 4): the same answers in half the steps"),
     "shakespeare-mdm": TrainConfig(
         name="shakespeare-mdm", task="shakespeare", objective="mdm", model=dataclasses.replace(TEXT_MODEL, kind="diffusion"),
-        steps=2500, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        steps=3600, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="masked-diffusion character model of Shakespeare's works"),
     "shakespeare-ar": TrainConfig(
         name="shakespeare-ar", task="shakespeare", objective="ar", model=dataclasses.replace(TEXT_MODEL, kind="ar"),
-        steps=2500, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        steps=3600, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="autoregressive twin of shakespeare-mdm"),
     "shakespeare-flow": TrainConfig(
         name="shakespeare-flow", task="shakespeare", objective="flow", model=TEXT_FLOW_MODEL,
-        steps=2000, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
+        steps=2800, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
         description="continuous (embedding-space, LangFlow-style) diffusion character model of Shakespeare's works"),
     # ICE (in-place reasoning): sums of 2-4 numbers, with the chain of running sums and without.
     # The adder the ICE rows use: its AR twin adapted into masked diffusion (Dream, DiffuLLaMA): arith-ar's
