@@ -118,6 +118,12 @@ def flow_model() -> FlowTransformer:
     return random_flow()
 
 
+@pytest.fixture
+def narrow_flow_model() -> FlowTransformer:
+    """A random continuous model whose diffusion space (8 dims) is narrower than the network (32)."""
+    return random_flow(embed_dim=8)
+
+
 @pytest.fixture(scope="session")
 def trained_flow(tmp_path_factory):
     """(folder, TrainResult) of tiny-shakespeare-flow trained straight through its 20 steps."""

@@ -72,6 +72,9 @@ class ModelConfig:
     # continuous (flow) models: the range of the log noise-to-signal ratio g their noise path spans
     g_min: float = -10.0
     g_max: float = 10.0
+    # continuous models: the diffusion space's dimensions (the embedding table's width), projected to dim at the
+    # input; None: dim. A narrow space (Plaid uses 16) is far easier to denoise than the network's width.
+    embed_dim: int | None = None
     ahead: int = 0  # causal models trained for introspective strided decoding: [MASK] slots proposing ahead
     mask_token_id: int | None = None
     eos_token_id: int | None = None
@@ -92,6 +95,9 @@ class ModelConfig:
             raise ValueError("rope_fraction must lie in (0, 1] and rotate an even number of dimensions")
         if self.kind == "continuous" and not self.g_min < self.g_max:
             raise ValueError(f"a continuous model's noise range needs g_min < g_max, not {self.g_min} and {self.g_max}")
+        if self.embed_dim is not None and (self.kind != "continuous" or self.embed_dim < 1):
+            raise ValueError(f"embed_dim (the diffusion space's width) is a positive size for continuous models only, "
+                             f"not {self.embed_dim} on a {self.kind} model")
         if self.kind == "block-diffusion" and not self.block_size:
             raise ValueError("a block-diffusion model needs block_size")
 

@@ -137,3 +137,10 @@ def test_served_answers_equal_generate_alone(trained_flow) -> None:
         echo = httpx.post(base + "/v1/completions", json={"model": served, "prompt": "ROMEO", "max_tokens": 4,
                                                           "echo": True, "logprobs": 1})
         assert echo.status_code == 400 and "per-token" in echo.json()["error"]["message"]
+
+
+def test_a_narrow_diffusion_space_decodes_like_the_plain_loop(narrow_flow_model) -> None:
+    prompt = [10, 11, 12]
+    out = unmask.generate(narrow_flow_model, torch.tensor([prompt]), max_new_tokens=9, steps=5, seed=2,
+                          stop_at_eos=False)
+    assert out.token_ids[0].tolist() == reference_ddim(narrow_flow_model, prompt, 9, 5, 2)

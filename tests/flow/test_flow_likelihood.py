@@ -74,3 +74,15 @@ def test_the_exact_divergence_refuses_long_spans() -> None:
     ids = torch.zeros(1, 2000, dtype=torch.long)
     with pytest.raises(ValueError, match="exact divergence"):
         ode_bound(model, ids, torch.ones_like(ids, dtype=torch.bool), denoise=lambda z, g: None, exact=True)
+
+
+def test_a_narrow_diffusion_space_is_bounded_in_its_own_width(narrow_flow_model) -> None:
+    """embed_dim 8: the bound runs over 8 coordinates per noisy token, not the network's 32."""
+    ids = torch.tensor([[10, 11, 12, 13, 14]])
+    noisy = torch.tensor([[False, False, True, True, True]])
+    with torch.no_grad():
+        result = ode_bound(narrow_flow_model, ids, noisy, exact=True, steps=8)
+    assert torch.isfinite(result.bound).all() and int(result.tokens) == 3
+    long = torch.full((1, 600), 10)
+    with pytest.raises(ValueError, match="4800"):  # 600 tokens x 8 dims
+        ode_bound(narrow_flow_model, long, torch.ones_like(long, dtype=torch.bool), exact=True)

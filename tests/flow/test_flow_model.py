@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from unmask.config import ModelConfig
 from unmask.models.flow import FlowInputs
 from unmask.models.noise_schedule import GumbelSchedule, alpha_sigma
 
@@ -72,3 +74,37 @@ def test_the_schedule_fit_moves_its_cdf_towards_the_loss_curve() -> None:
     with torch.no_grad():
         median = float(schedule(torch.tensor(0.5)))
     assert abs(median - 3.0) < 1.0
+
+
+def test_a_narrow_diffusion_space_has_its_own_table_and_reads_tokens_back(narrow_flow_model) -> None:
+    """embed_dim 8 under dim 32: the table, the noise and the skip term live in 8 dims; the network in 32."""
+    model = narrow_flow_model
+    table = model.embeddings()
+    assert table.shape == (model.config.vocab_size, 8)
+    assert torch.allclose(table.norm(dim=1), torch.full((model.config.vocab_size,), math.sqrt(8)), atol=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, model.config.vocab_size, (3, 20), generator=gen)
+    alpha, sigma = alpha_sigma(torch.tensor(model.config.g_min))
+    z = alpha * table[ids] + sigma * torch.randn(3, 20, 8, generator=gen)
+    with torch.no_grad():
+        logits = model(ids, flow=FlowInputs(z, torch.full((3, 20), model.config.g_min)))
+        plain = model(torch.tensor([[5, 6, model.config.mask_token_id]]))  # masks: zeros of the narrow width
+    assert torch.equal(logits.argmax(-1), ids)
+    assert plain.shape == (1, 3, model.config.vocab_size)
+
+
+def test_a_narrow_model_saves_and_loads_back(narrow_flow_model, tmp_path) -> None:
+    from unmask.models.checkpoints import load_model, save_model
+
+    save_model(narrow_flow_model, narrow_flow_model.tokenizer, tmp_path / "narrow", {"task": "shakespeare"})
+    back = load_model(tmp_path / "narrow").eval()
+    ids = torch.tensor([[5, 6, 7, narrow_flow_model.config.mask_token_id]])
+    with torch.no_grad():
+        assert torch.equal(back(ids), narrow_flow_model(ids))
+    assert back.config.embed_dim == 8
+
+
+@pytest.mark.parametrize("kind, width", [("diffusion", 8), ("ar", 8), ("continuous", 0)])
+def test_embed_dim_is_refused_where_it_means_nothing(kind, width) -> None:
+    with pytest.raises(ValueError, match="embed_dim"):
+        ModelConfig(vocab_size=10, kind=kind, embed_dim=width)

@@ -39,9 +39,9 @@ CLEAN_LEVEL = -0.05  # the normalised noise level clean positions are conditione
 class FlowInputs:
     """A pass's continuous inputs, aligned with its ids."""
 
-    z: torch.Tensor  # (B, L, d) noisy embeddings; read only where g is finite
+    z: torch.Tensor  # (B, L, w) noisy embeddings (w: the diffusion space's width); read only where g is finite
     g: torch.Tensor  # (B, L) log noise-to-signal ratio; -inf where the token is clean (its id is read)
-    self_cond: torch.Tensor | None = None  # (B, L, d) the previous estimate's expected embedding; None: zeros
+    self_cond: torch.Tensor | None = None  # (B, L, w) the previous estimate's expected embedding; None: zeros
 
 
 class FlowBlock(Block):
@@ -82,7 +82,13 @@ class FlowTransformer(Transformer):
         d = cfg.dim
         self.schedule = GumbelSchedule(cfg.g_min, cfg.g_max, scale=math.log(cfg.vocab_size))
         self.time_mlp = nn.Sequential(nn.Linear(2 * TIME_FREQS, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU())
-        self.self_cond_in = nn.Linear(d, d, bias=False)
+        width = cfg.embed_dim or d  # the diffusion space's width
+        # A narrower (or wider) diffusion space has its own table, projected to the network's width at the input.
+        self.in_proj: nn.Linear | None = None
+        if width != d:
+            self.embed = nn.Embedding(cfg.vocab_size, width)
+            self.in_proj = nn.Linear(width, d, bias=False)
+        self.self_cond_in = nn.Linear(width, d, bias=False)
         self.modulation = nn.Linear(d, 4 * d)  # shared by every block
         self.final_modulation = nn.Linear(d, 2 * d)
         nn.init.zeros_(self.modulation.weight)  # adaptive norms start as the identity
@@ -98,7 +104,8 @@ class FlowTransformer(Transformer):
         torch.set_flush_denormal(True)
 
     def embeddings(self) -> torch.Tensor:
-        """The token embeddings `# (V, d)`, each row normalised to norm sqrt(d)."""
+        """The token embeddings `# (V, w)`, w the diffusion space's width (embed_dim, else dim), each row
+        normalised to norm sqrt(w)."""
         w = self.embed.weight
         return w * (math.sqrt(w.shape[1]) / w.norm(dim=1, keepdim=True).clamp_min(1e-6))
 
@@ -110,7 +117,8 @@ class FlowTransformer(Transformer):
         """[MASK] ids as pure noise's mean (z = 0 at g_max), every other id clean."""
         noisy = input_ids == self.config.mask_token_id
         g = torch.where(noisy, torch.tensor(self.config.g_max), torch.tensor(-math.inf)).to(input_ids.device)
-        z = torch.zeros(*input_ids.shape, self.config.dim, dtype=self.embed.weight.dtype, device=input_ids.device)
+        z = torch.zeros(*input_ids.shape, self.embed.weight.shape[1], dtype=self.embed.weight.dtype,
+                        device=input_ids.device)  # (B, L, w)
         return FlowInputs(z, g)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
@@ -150,8 +158,10 @@ class FlowTransformer(Transformer):
         """(the first block's input `# (B, L, d)`, the noise conditioning `# (B, L, d)`, clean `# (B, L)`)."""
         cfg = self.config
         clean = ~torch.isfinite(flow.g)  # (B, L)
-        known = F.embedding(input_ids, table)  # (B, L, d)
-        x = torch.where(clean[..., None], known, flow.z.to(known.dtype))
+        known = F.embedding(input_ids, table)  # (B, L, w)
+        x = torch.where(clean[..., None], known, flow.z.to(known.dtype))  # (B, L, w)
+        if self.in_proj is not None:
+            x = self.in_proj(x)  # (B, L, d)
         estimate = flow.self_cond.to(known.dtype) if flow.self_cond is not None else torch.zeros_like(known)
         x = x + self.self_cond_in(torch.where(clean[..., None], known, estimate))
         u = (flow.g.clamp(cfg.g_min, cfg.g_max) - cfg.g_min) / (cfg.g_max - cfg.g_min)
