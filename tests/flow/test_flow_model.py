@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unmask.config import ModelConfig
+from unmask.models.checkpoints import load_model, save_model
 from unmask.models.flow import FlowInputs
 from unmask.models.noise_schedule import GumbelSchedule, alpha_sigma
 
@@ -94,8 +95,6 @@ def test_a_narrow_diffusion_space_has_its_own_table_and_reads_tokens_back(narrow
 
 
 def test_a_narrow_model_saves_and_loads_back(narrow_flow_model, tmp_path) -> None:
-    from unmask.models.checkpoints import load_model, save_model
-
     save_model(narrow_flow_model, narrow_flow_model.tokenizer, tmp_path / "narrow", {"task": "shakespeare"})
     back = load_model(tmp_path / "narrow").eval()
     ids = torch.tensor([[5, 6, 7, narrow_flow_model.config.mask_token_id]])
