@@ -142,7 +142,9 @@ class TrainConfig:
     save_every: int = 250
     seed: int = 0
     seq_len: int = 128  # text tasks: tokens per training crop
-    mask_eps: float = 1e-3  # MDM: t ~ U(eps, 1)
+    # MDM: t ~ U(mask_eps, 1). Above 0 so the 1 / t weight stays finite; raised (sort-mdm-fast: 0.9) it trains
+    # only heavily masked inputs, and the loss is then no longer a bound on the NLL.
+    mask_eps: float = 1e-3
     # Mask-rate curriculum (mdm): t's upper end grows linearly from curriculum_start to 1 over the
     # first curriculum_steps steps, easy (few masks) to hard; 0 turns it off.
     curriculum_steps: int = 0
@@ -184,6 +186,11 @@ class TrainConfig:
         if self.model.logits_shift and self.objective != "mdm":  # objectives.aligned_logits is the mdm loss's
             raise ValueError(f"logits_shift (an AR model adapted into diffusion) trains with objective 'mdm' only, "
                              f"not {self.objective!r}")
+        if not 0 < self.mask_eps < 1:
+            raise ValueError(f"mask_eps (the lowest mask rate drawn) must lie in (0, 1), not {self.mask_eps}")
+        if self.curriculum_steps and self.curriculum_start <= self.mask_eps:
+            raise ValueError(f"a curriculum raising the highest mask rate from {self.curriculum_start} leaves nothing "
+                             f"to draw above mask_eps {self.mask_eps}: start it higher or lower mask_eps")
         if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
             raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")
         if self.group < 2 or self.inner_steps < 1 or self.lora_rank < 0:

@@ -133,27 +133,29 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     from unmask.train.objectives import ar_loss, mdm_elbo
 
     seq_len = seq_len or min(256, model.config.max_seq_len)  # windows of 256, or the model's whole context
-    n_batches = max(1, (limit or 64) // batch_size)
+    n_windows = limit or 64  # exactly the first n_windows windows; the last batch may be smaller
+    firsts = range(0, n_windows, batch_size)
     t0 = time.perf_counter()
-    losses, terms = [], {"reconstruction": 0.0, "prior": 0.0, "volume": 0.0, "noise": 0.0}
+    loss, terms = 0.0, {"reconstruction": 0.0, "prior": 0.0, "volume": 0.0, "noise": 0.0}
     tokens = chars = 0
-    for i in tqdm(range(n_batches), desc="eval", disable=not progress, leave=False):
-        batch = task.eval_batch(model.tokenizer, batch_size, i, seq_len=seq_len)
+    for i, first in enumerate(tqdm(firsts, desc="eval", disable=not progress, leave=False)):
+        size = min(batch_size, n_windows - first)
+        batch = task.eval_batch(model.tokenizer, size, i, seq_len=seq_len, first=first)
         tokens += batch.ids.numel()
         chars += sum(len(model.tokenizer.decode(row)) for row in batch.ids.tolist())
+        share = size / n_windows  # every window is seq_len tokens: a batch weighs its share of the windows
         if continuous:
             b = ode_bound(model, batch.ids, batch.valid, exact=exact_divergence, steps=ode_steps or ODE_STEPS,
                           seed=i)
             n = float(b.tokens.sum())
-            losses.append(float(b.bound.sum()) / n)
+            loss += share * float(b.bound.sum()) / n
             for k in terms:
-                terms[k] += float(getattr(b, k).sum()) / n / n_batches
+                terms[k] += share * float(getattr(b, k).sum()) / n
         elif model.config.kind == "ar":
-            losses.append(float(ar_loss(model, batch)))
+            loss += share * float(ar_loss(model, batch))
         else:
-            losses.append(mdm_elbo(model, batch, model.mask_token_id, seed=i))
-    loss = sum(losses) / len(losses)
-    out = {"task": task.name, "model": getattr(model, "name", "?"), "n": n_batches * batch_size,
+            loss += share * mdm_elbo(model, batch, model.mask_token_id, seed=i)
+    out = {"task": task.name, "model": getattr(model, "name", "?"), "n": n_windows,
            "loss": loss, "loss_kind": LOSS_KINDS[model.config.kind], "bits_per_token": loss / math.log(2),
            "bits_per_char": loss * tokens / chars / math.log(2),  # the same for a character tokenizer
            "seq_len": seq_len, "seconds": time.perf_counter() - t0}

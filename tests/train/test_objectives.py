@@ -1,6 +1,7 @@
 """Training losses on hand-made batches, checked against values computed by hand."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from unmask.data.batch import Batch, make_batch
 from unmask.data.sort import SortTask
 from unmask.tokenizers import CharTokenizer
 from unmask.train.objectives import ar_loss, mask_tokens, mdm_elbo, mdm_loss
+from unmask.train.recipes import get_recipe
 
 MASK = 1
 
@@ -216,3 +218,27 @@ def test_only_the_mdm_objective_takes_shifted_logits():
     for objective in ("bd", "d2f", "trace-grpo"):
         with pytest.raises(ValueError, match=f"logits_shift .* objective 'mdm' only, not '{objective}'"):
             dataclasses.replace(recipe, objective=objective)
+
+
+def test_a_raised_mask_eps_masks_nearly_every_answer_token():
+    """mask_eps 0.9 (sort-mdm-fast) draws t in [0.9, 1): every row of 60 answer tokens is mostly masked,
+    where the default draws the whole range."""
+    batch = make_batch([[5] * 4 + [7] * 60] * 16, [4] * 16, pad_id=0)
+    logits = torch.zeros(16, 64, 12)
+
+    def masked_shares(eps: float) -> list[float]:
+        stub = FixedLogits(logits)
+        mdm_loss(stub, batch, MASK, eps=eps, generator=torch.Generator().manual_seed(0))
+        return (stub.seen[0] == MASK).sum(1).div(60).tolist()
+
+    assert min(masked_shares(0.9)) >= 0.75
+    assert min(masked_shares(1e-3)) < 0.25 and max(masked_shares(1e-3)) > 0.75
+
+
+def test_mask_eps_outside_0_1_or_under_a_curriculum_is_refused():
+    cfg = get_recipe("tiny-sort-mdm")
+    for eps in (0.0, 1.0):
+        with pytest.raises(ValueError, match="mask_eps"):
+            dataclasses.replace(cfg, mask_eps=eps)
+    with pytest.raises(ValueError, match="curriculum"):
+        dataclasses.replace(cfg, mask_eps=0.5, curriculum_steps=10, curriculum_start=0.4)

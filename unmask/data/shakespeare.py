@@ -62,9 +62,11 @@ class ShakespeareTask:
         rng = random.Random(seed)
         return self._crops(tok, text, [rng.randrange(len(text) - seq_len) for _ in range(batch_size)], seq_len)
 
-    def eval_batch(self, tok: Tokenizer, batch_size: int, index: int, *, seq_len: int, diffusion: bool = False) -> Batch:
-        """Consecutive, non-overlapping windows of the held-out text."""
+    def eval_batch(self, tok: Tokenizer, batch_size: int, index: int, *, seq_len: int, diffusion: bool = False,
+                   first: int | None = None) -> Batch:
+        """Consecutive, non-overlapping windows of the held-out text: batch `index`, or from window `first`."""
         text = self.splits[1]
         n_windows = (len(text) - 1) // seq_len
-        starts = [((index * batch_size + i) % n_windows) * seq_len for i in range(batch_size)]
+        first = index * batch_size if first is None else first
+        starts = [((first + i) % n_windows) * seq_len for i in range(batch_size)]
         return self._crops(tok, text, starts, seq_len)
