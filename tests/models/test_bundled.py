@@ -16,7 +16,8 @@ def test_a_bundled_model_matches_its_recipe(name):
     meta = model.meta
     recipe = get_recipe(meta["recipe"])
     assert meta["recipe"] == name  # `unmask train --recipe NAME` reproduces the bundled NAME
-    for field in ("kind", "dim", "n_layers", "n_heads", "block_size", "ahead", "logits_shift", "default_template"):
+    for field in ("kind", "dim", "n_layers", "n_heads", "block_size", "ahead", "logits_shift", "default_template",
+                  "embed_dim"):
         assert getattr(model.config, field) == getattr(recipe.model, field), field
     assert meta["train_steps"] == recipe.steps and meta["task_options"] == recipe.task_options
     assert meta.get("teacher") == recipe.teacher and meta.get("ce_weight", 0.0) == recipe.ce_weight
