@@ -42,7 +42,8 @@ RECIPES: dict[str, TrainConfig] = {
         description="masked-diffusion sorter (LLaDA objective): sort-mdm-w48 fine-tuned on answers EOS-filled "
                     "to a random window of up to 192 tokens"),
     # The fast decoders commit most of an answer in the first pass, where the whole answer is masked: the LLaDA
-    # objective's t ~ U(0, 1) spends a tenth of its draws there; t ~ U(0.9, 1) spends them all (README "RL").
+    # objective's t ~ U(0, 1) spends a tenth of its draws there; t ~ U(0.9, 1) spends them all (README "RL
+    # post-training").
     "sort-mdm-fast": TrainConfig(
         name="sort-mdm-fast", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
         init="sort-mdm", steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250, save_every=100,
