@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N examples of the split")
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="sort: the held-out examples (test) or 1000 fresh training-distribution ones for choosing "
-                        "settings (validation)")
+                        "settings (validation); text: the first or the second half of the held-out windows")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--exact-divergence", action="store_true",
                    help="continuous models: the ODE bound with the Jacobian's exact trace instead of Hutchinson's "

@@ -73,7 +73,7 @@ class ModelConfig:
     g_min: float = -10.0
     g_max: float = 10.0
     # continuous models: the diffusion space's dimensions (the embedding table's width), projected to dim at the
-    # input; None: dim (shakespeare-flow diffuses in 8: README "Continuous diffusion" compares 8, 16 and 128).
+    # input; None: dim (shakespeare-flow diffuses in 8: README "Continuous diffusion" compares 2, 4, 8, 16 and 128).
     embed_dim: int | None = None
     ahead: int = 0  # causal models trained for introspective strided decoding: [MASK] slots proposing ahead
     mask_token_id: int | None = None

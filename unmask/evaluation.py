@@ -120,8 +120,6 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     character: the AR
     negative log-likelihood, the masked-diffusion ELBO bound, or a continuous model's ODE bound (Hutchinson's
     divergence estimate, or the exact one; `ode_steps` RK4 steps). Every window is scored whole, unprompted."""
-    if split != "test":
-        raise ValueError(f"text tasks have only the held-out split, not {split!r}")
     given = sorted(k for k, v in options.items() if v is not None and k != "namer")
     if given:
         raise ValueError(f"a text evaluation scores held-out windows and decodes nothing: decoding options "
@@ -133,14 +131,18 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     from unmask.train.objectives import ar_loss, mdm_elbo
 
     seq_len = seq_len or min(256, model.config.max_seq_len)  # windows of 256, or the model's whole context
-    n_windows = limit or 64  # exactly the first n_windows windows; the last batch may be smaller
+    windows = task.eval_windows(seq_len, split)
+    if limit and limit > len(windows):
+        raise ValueError(f"the {split} split has {len(windows)} windows of {seq_len} characters; "
+                         f"--limit {limit} asks for more")
+    n_windows = limit or min(64, len(windows))  # exactly the split's first n_windows; the last batch may be smaller
     firsts = range(0, n_windows, batch_size)
     t0 = time.perf_counter()
     loss, terms = 0.0, {"reconstruction": 0.0, "prior": 0.0, "volume": 0.0, "noise": 0.0}
     tokens = chars = 0
     for i, first in enumerate(tqdm(firsts, desc="eval", disable=not progress, leave=False)):
         size = min(batch_size, n_windows - first)
-        batch = task.eval_batch(model.tokenizer, size, i, seq_len=seq_len, first=first)
+        batch = task.eval_batch(model.tokenizer, size, i, seq_len=seq_len, first=windows.start + first)
         tokens += batch.ids.numel()
         chars += sum(len(model.tokenizer.decode(row)) for row in batch.ids.tolist())
         share = size / n_windows  # every window is seq_len tokens: a batch weighs its share of the windows
@@ -155,7 +157,7 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
             loss += share * float(ar_loss(model, batch))
         else:
             loss += share * mdm_elbo(model, batch, model.mask_token_id, seed=i)
-    out = {"task": task.name, "model": getattr(model, "name", "?"), "n": n_windows,
+    out = {"task": task.name, "model": getattr(model, "name", "?"), "split": split, "n": n_windows,
            "loss": loss, "loss_kind": LOSS_KINDS[model.config.kind], "bits_per_token": loss / math.log(2),
            "bits_per_char": loss * tokens / chars / math.log(2),  # the same for a character tokenizer
            "seq_len": seq_len, "seconds": time.perf_counter() - t0}

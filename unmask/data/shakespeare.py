@@ -62,6 +62,18 @@ class ShakespeareTask:
         rng = random.Random(seed)
         return self._crops(tok, text, [rng.randrange(len(text) - seq_len) for _ in range(batch_size)], seq_len)
 
+    def eval_windows(self, seq_len: int, split: str = "test") -> range:
+        """The window indices `unmask eval` scores: the held-out text's first half is the test split, its second
+        half the validation split, so a choice made on validation (a flow model's width) is not tuned on the
+        windows the test figure reads."""
+        n_windows = (len(self.splits[1]) - 1) // seq_len
+        half = n_windows // 2
+        if split == "test":
+            return range(0, half)
+        if split == "validation":
+            return range(half, n_windows)
+        raise ValueError(f"unknown split {split!r}; the text splits are test and validation")
+
     def eval_batch(self, tok: Tokenizer, batch_size: int, index: int, *, seq_len: int, diffusion: bool = False,
                    first: int | None = None) -> Batch:
         """Consecutive, non-overlapping windows of the held-out text: batch `index`, or from window `first`."""
