@@ -1,7 +1,11 @@
-"""Held-out text scoring: --limit scores exactly that many windows, and batching does not change the figure."""
+"""Held-out text scoring: --limit scores exactly that many windows, batching does not change the figure, and
+the validation split's windows are not the test split's."""
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import random_model
+from unmask.data.shakespeare import ShakespeareTask
 from unmask.evaluation import evaluate
 
 
@@ -16,7 +20,6 @@ def test_limit_scores_exactly_that_many_windows_whatever_the_batch() -> None:
 
 
 def test_text_validation_windows_never_meet_the_test_windows() -> None:
-    from unmask.data.shakespeare import ShakespeareTask
     test, validation = ShakespeareTask().eval_windows(256, "test"), ShakespeareTask().eval_windows(256, "validation")
     assert test.start == 0 and validation.start == test.stop and len(validation) >= len(test) > 64
     model = random_model("ar")
@@ -27,8 +30,6 @@ def test_text_validation_windows_never_meet_the_test_windows() -> None:
 
 
 def test_a_limit_beyond_the_split_is_refused() -> None:
-    import pytest
-    from unmask.data.shakespeare import ShakespeareTask
     model = random_model("ar")
     n = len(ShakespeareTask().eval_windows(min(256, model.config.max_seq_len), "validation"))
     with pytest.raises(ValueError, match=f"validation split has {n} windows"):

@@ -66,7 +66,7 @@ class ShakespeareTask:
         """The window indices `unmask eval` scores: the held-out text's first half is the test split, its second
         half the validation split, so a choice made on validation (a flow model's width) is not tuned on the
         windows the test figure reads."""
-        n_windows = (len(self.splits[1]) - 1) // seq_len
+        n_windows = self._n_windows(seq_len)
         half = n_windows // 2
         if split == "test":
             return range(0, half)
@@ -77,8 +77,11 @@ class ShakespeareTask:
     def eval_batch(self, tok: Tokenizer, batch_size: int, index: int, *, seq_len: int, diffusion: bool = False,
                    first: int | None = None) -> Batch:
         """Consecutive, non-overlapping windows of the held-out text: batch `index`, or from window `first`."""
-        text = self.splits[1]
-        n_windows = (len(text) - 1) // seq_len
+        n_windows = self._n_windows(seq_len)
         first = index * batch_size if first is None else first
         starts = [((first + i) % n_windows) * seq_len for i in range(batch_size)]
-        return self._crops(tok, text, starts, seq_len)
+        return self._crops(tok, self.splits[1], starts, seq_len)
+
+    def _n_windows(self, seq_len: int) -> int:
+        """Whole, non-overlapping windows of seq_len in the held-out text."""
+        return (len(self.splits[1]) - 1) // seq_len

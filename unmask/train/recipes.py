@@ -26,6 +26,16 @@ SORT_RL = TrainConfig(
     clip_eps=0.2, p_mask_prompt=0.0, rollout={**FAST_ROLLOUT, "temperature": 1.0},
     rewards={"exact": 1.0, "partial": 0.5}, task_options={**SORT_OPTIONS, "fill_window": 192})
 
+# The fast decoders commit most of an answer in the first pass, where the whole answer is masked: the LLaDA
+# objective's t ~ U(0, 1) spends a tenth of its draws there; t ~ U(0.9, 1) spends them all (README "RL
+# post-training").
+SORT_FAST = TrainConfig(
+    name="sort-mdm-fast", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
+    init="sort-mdm", steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250, save_every=100,
+    mask_eps=0.9, task_options={**SORT_OPTIONS, "fill_window": 192},
+    description="sort-mdm fine-tuned at mask rates in [0.9, 1] (nearly the whole answer masked, as the "
+                "first pass of a fast decoder sees it)")
+
 RECIPES: dict[str, TrainConfig] = {
     "sort-mdm-w48": TrainConfig(
         name="sort-mdm-w48", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
@@ -41,20 +51,10 @@ RECIPES: dict[str, TrainConfig] = {
         task_options={**SORT_OPTIONS, "fill_window": 192},
         description="masked-diffusion sorter (LLaDA objective): sort-mdm-w48 fine-tuned on answers EOS-filled "
                     "to a random window of up to 192 tokens"),
-    # The fast decoders commit most of an answer in the first pass, where the whole answer is masked: the LLaDA
-    # objective's t ~ U(0, 1) spends a tenth of its draws there; t ~ U(0.9, 1) spends them all (README "RL
-    # post-training").
-    "sort-mdm-fast": TrainConfig(
-        name="sort-mdm-fast", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
-        init="sort-mdm", steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250, save_every=100,
-        mask_eps=0.9, task_options={**SORT_OPTIONS, "fill_window": 192},
-        description="sort-mdm fine-tuned at mask rates in [0.9, 1] (nearly the whole answer masked, as the "
-                    "first pass of a fast decoder sees it)"),
+    "sort-mdm-fast": SORT_FAST,
     # A second stage of the same (README "RL post-training": 93.9% at threshold 0.5 + dual, 98.1% at 0.9).
-    "sort-mdm-fast2": TrainConfig(
-        name="sort-mdm-fast2", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
-        init="sort-mdm-fast", steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250, save_every=100,
-        mask_eps=0.9, task_options={**SORT_OPTIONS, "fill_window": 192},
+    "sort-mdm-fast2": dataclasses.replace(
+        SORT_FAST, name="sort-mdm-fast2", init="sort-mdm-fast",
         description="sort-mdm-fast fine-tuned for another 1500 steps at mask rates in [0.9, 1]"),
     "sort-ar": TrainConfig(
         name="sort-ar", task="sort", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
