@@ -149,6 +149,11 @@ class TrainConfig:
     # first curriculum_steps steps, easy (few masks) to hard; 0 turns it off.
     curriculum_steps: int = 0
     curriculum_start: float = 0.2
+    # flow: share of text rows that keep a clean prefix (prompts), and share of rows whose noise level is drawn
+    # uniformly over the whole range [g_min, g_max] instead of through the learnt schedule, which leaves the
+    # low-noise end, where the likelihood bound still integrates, almost untrained (unmask/train/flow_objective.py)
+    flow_prefix_share: float = 0.5
+    flow_uniform_share: float = 0.0
     # Distillation (d2f, sdtt): the teacher, a bundled name or a model folder; the student starts as its copy.
     teacher: str | None = None
     rounds: int = 1  # sdtt: rounds over `steps`; each starts from the last round's student as teacher
@@ -191,6 +196,9 @@ class TrainConfig:
         if self.curriculum_steps and self.curriculum_start <= self.mask_eps:
             raise ValueError(f"a curriculum raising the highest mask rate from {self.curriculum_start} leaves nothing "
                              f"to draw above mask_eps {self.mask_eps}: start it higher or lower mask_eps")
+        if not (0 <= self.flow_prefix_share <= 1 and 0 <= self.flow_uniform_share <= 1):
+            raise ValueError(f"flow_prefix_share and flow_uniform_share are shares of rows and must lie in [0, 1], "
+                             f"not {self.flow_prefix_share} and {self.flow_uniform_share}")
         if not 0 < self.curriculum_start <= 1 or self.curriculum_steps < 0:
             raise ValueError("curriculum_start must lie in (0, 1] and curriculum_steps must not be negative")
         if self.group < 2 or self.inner_steps < 1 or self.lora_rank < 0:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 import torch
 
 import unmask
+from unmask.config import TrainConfig
 from unmask.data.batch import Batch
 from unmask.train.flow_objective import clean_prefix, flow_loss, noised
 from unmask.train.loop import train
@@ -31,6 +34,43 @@ def test_prompts_stay_clean_and_text_rows_may_keep_a_prefix() -> None:
         assert all(bool(noisy[r, int(n):].all()) for r, n in zip(range(1, 4), lengths))
         prefixes += lengths.tolist()
     assert 0 in prefixes and max(prefixes) > 0  # both kinds of row occur
+
+
+def test_prefix_share_sets_how_many_text_rows_keep_a_clean_prefix() -> None:
+    batch = Batch(torch.randint(4, 60, (64, 10)), torch.ones(64, 10, dtype=torch.bool), torch.ones(64, 10, dtype=torch.bool))
+    gen = torch.Generator().manual_seed(0)
+    assert all(torch.equal(clean_prefix(batch, gen, share=0.0), batch.target) for _ in range(20))
+    with_prefix = sum(int((~clean_prefix(batch, gen, share=1.0)).any(1).sum()) for _ in range(20))
+    assert with_prefix > 0.8 * 20 * 64  # every row drew a prefix; only the length-0 draws show none
+
+
+def test_uniform_rows_reach_the_whole_noise_range_and_stay_out_of_the_schedule_fit(flow_model, monkeypatch) -> None:
+    with torch.no_grad():  # a trained-looking schedule: narrow, well above the clean end
+        flow_model.schedule.mu.fill_(3.0)
+        flow_model.schedule.log_beta.fill_(math.log(0.5))
+    levels = []
+    forward = flow_model.forward
+
+    def recording(*args, flow=None, **kwargs):
+        levels.append(flow.g[torch.isfinite(flow.g)])
+        return forward(*args, flow=flow, **kwargs)
+
+    monkeypatch.setattr(flow_model, "forward", recording)
+    batch = Batch(torch.randint(4, 60, (64, 12)), torch.ones(64, 12, dtype=torch.bool), torch.ones(64, 12, dtype=torch.bool))
+    flow_loss(flow_model, batch, torch.Generator().manual_seed(0), uniform_share=0.0)
+    assert float(torch.cat(levels).min()) > 1.0  # the schedule alone never trains the clean end
+    levels.clear()
+    flow_model.zero_grad()
+    flow_loss(flow_model, batch, torch.Generator().manual_seed(0), uniform_share=1.0).backward()
+    g = torch.cat(levels)
+    assert float(g.min()) < -5 and float(g.max()) > 5
+    assert flow_model.schedule.mu.grad is None  # no scheduled rows: nothing to fit
+
+
+@pytest.mark.parametrize("field", ["flow_prefix_share", "flow_uniform_share"])
+def test_row_shares_outside_zero_to_one_are_refused(field) -> None:
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(name="x", task="shakespeare", model=get_recipe("tiny-shakespeare-flow").model, **{field: 1.5})
 
 
 def test_noised_inputs_are_clean_where_not_noisy(flow_model) -> None:

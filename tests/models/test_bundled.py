@@ -22,6 +22,9 @@ def test_a_bundled_model_matches_its_recipe(name):
     assert meta["train_steps"] == recipe.steps and meta["task_options"] == recipe.task_options
     assert meta.get("teacher") == recipe.teacher and meta.get("ce_weight", 0.0) == recipe.ce_weight
     assert meta.get("init") == recipe.init
+    if recipe.objective == "flow":
+        assert (meta["flow_prefix_share"], meta["flow_uniform_share"]) == (recipe.flow_prefix_share,
+                                                                          recipe.flow_uniform_share)
     if recipe.init:  # a second stage: its first stage is bundled too, so the chain reproduces
         assert recipe.init in BUNDLED
     if recipe.teacher:  # a distilled student keeps its teacher's shape

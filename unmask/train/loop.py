@@ -85,7 +85,8 @@ def loss_on(model: torch.nn.Module, batch, cfg: TrainConfig, mask_id: int, gener
         return mdm_loss(model, batch, mask_id, eps=cfg.mask_eps, generator=generator,
                         t_max=curriculum_t_max(step, cfg))
     if cfg.objective == "flow":
-        return flow_loss(model, batch, generator)
+        return flow_loss(model, batch, generator, prefix_share=cfg.flow_prefix_share,
+                         uniform_share=cfg.flow_uniform_share)
     if cfg.objective == "isd":
         return isd_loss(model, batch, mask_id, cfg.model.ahead, generator=generator)
     if cfg.objective == "bd":
@@ -290,4 +291,6 @@ def _meta(cfg: TrainConfig, model: Transformer, step: int, train_seconds: float)
         meta["ce_weight"] = cfg.ce_weight
     if cfg.init:
         meta["init"] = cfg.init
+    if cfg.objective == "flow":  # what the rows trained on, so a bundled flow can be checked against its recipe
+        meta["flow_prefix_share"], meta["flow_uniform_share"] = cfg.flow_prefix_share, cfg.flow_uniform_share
     return meta
