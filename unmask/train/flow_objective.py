@@ -30,12 +30,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from unmask.config import TrainConfig
 from unmask.data.batch import Batch
 from unmask.models.flow import FlowInputs, FlowTransformer
 from unmask.models.noise_schedule import alpha_sigma
 from unmask.train.objectives import low_discrepancy_uniform
 
-PREFIX_SHARE = 0.5  # text: share of sequences that keep a clean prefix, as a prompt
 SELF_COND_SHARE = 0.5
 
 
@@ -50,8 +50,10 @@ def noised(model: FlowTransformer, ids: torch.Tensor, noisy: torch.Tensor, g: to
     return FlowInputs(z, level)
 
 
-def clean_prefix(batch: Batch, generator: torch.Generator | None = None, share: float = PREFIX_SHARE) -> torch.Tensor:
-    """The positions to noise `# (B, L)`: the targets, less a random prefix when a row is all target (text)."""
+def clean_prefix(batch: Batch, generator: torch.Generator | None = None,
+                 share: float = TrainConfig.flow_prefix_share) -> torch.Tensor:
+    """The positions to noise `# (B, L)`: the targets, less a random prefix (a prompt) in `share` of the rows
+    that are all target (text)."""
     B, L = batch.ids.shape
     noisy = batch.target.clone()
     whole = batch.target.all(dim=1)  # text rows: no prompt of their own
@@ -62,8 +64,9 @@ def clean_prefix(batch: Batch, generator: torch.Generator | None = None, share: 
 
 
 def flow_loss(model: torch.nn.Module, batch: Batch, generator: torch.Generator | None = None,
-              t: torch.Tensor | None = None, fit_schedule: bool = True, prefix_share: float = PREFIX_SHARE,
-              uniform_share: float = 0.0) -> torch.Tensor:
+              t: torch.Tensor | None = None, fit_schedule: bool = True,
+              prefix_share: float = TrainConfig.flow_prefix_share,
+              uniform_share: float = TrainConfig.flow_uniform_share) -> torch.Tensor:
     """Mean cross-entropy (nats) over noised positions, plus the schedule's fit to it."""
     core: FlowTransformer = getattr(model, "module", model)  # under DDP the wrapper runs, the model knows
     B = batch.ids.shape[0]

@@ -55,6 +55,7 @@ def prefix_variant(name: str, share: float) -> TrainConfig:
                                description=FLOW_W8.description + f"; {share:.0%} of the rows trained with a clean "
                                                                  f"prompt")
 
+
 RECIPES: dict[str, TrainConfig] = {
     "sort-mdm-w48": TrainConfig(
         name="sort-mdm-w48", task="sort", objective="mdm", model=dataclasses.replace(SORT_MODEL, kind="diffusion"),
