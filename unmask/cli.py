@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
                    help="continuous models: the ODE bound with the Jacobian's exact trace instead of Hutchinson's "
                         "estimate (one pass per noisy coordinate: tiny models and short spans only)")
     p.add_argument("--ode-steps", type=int, help="continuous models: RK4 steps of the ODE bound (default 64)")
+    p.add_argument("--draws", type=int, default=1,
+                   help="text, diffusion and continuous models: Monte Carlo draws of the bound per window, averaged; "
+                        "from 2 on, loss_stderr is the standard error of that mean")
     p = sub.add_parser("train", help="train a model from a named recipe")
     p.add_argument("--recipe", required=True)
     p.add_argument("--out", help="output folder (default: runs/RECIPE)")
@@ -229,8 +232,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.ode_steps is not None and args.ode_steps < 1:
         raise UserError(f"--ode-steps must be at least 1, not {args.ode_steps}")
+    if args.draws < 1:
+        raise UserError(f"--draws must be at least 1, not {args.draws}")
     model = load(args.model, args.dtype, args.threads, args.device)
-    bound = {k: v for k, v in (("exact_divergence", args.exact_divergence), ("ode_steps", args.ode_steps)) if v}
+    bound = {k: v for k, v in (("exact_divergence", args.exact_divergence), ("ode_steps", args.ode_steps),
+                               ("draws", args.draws if args.draws != 1 else None)) if v}
     result = evaluate(model, args.task, limit=args.limit, batch_size=args.batch_size, progress=not args.json,
                       split=args.split, namer=flag_name, **bound, **decoding_options(args))
     result.pop("outputs", None)

@@ -110,16 +110,27 @@ def evaluate_sort(model: torch.nn.Module, task: SortTask, *, limit: int | None =
 
 LOSS_KINDS = {"ar": "nll", "diffusion": "elbo", "block-diffusion": "elbo", "continuous": "ode-bound"}
 ODE_STEPS = 64  # RK4 steps of the flow bound (README "Continuous diffusion": steps compared)
+DRAW_STRIDE = 1 << 20  # more windows than any split holds: draw k of window w is seed k * DRAW_STRIDE + w
+BOUND_TERMS = ("reconstruction", "prior", "volume", "noise")
+
+
+def window_seed(window: int, draw: int) -> int:
+    """The seed of one window's Monte Carlo draw: a function of the window (its index in the held-out text) and
+    the draw alone, so a figure does not depend on --batch-size or on which windows share a batch."""
+    return draw * DRAW_STRIDE + window
 
 
 @torch.no_grad()
 def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, batch_size: int = 16,
                   seq_len: int | None = None, split: str = "test", exact_divergence: bool = False,
-                  ode_steps: int | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
+                  ode_steps: int | None = None, draws: int = 1, progress: bool = False,
+                  **options: Any) -> dict[str, Any]:
     """Held-out loss in nats per token (a character, for the character tokenizer), bits per token and per
-    character: the AR
-    negative log-likelihood, the masked-diffusion ELBO bound, or a continuous model's ODE bound (Hutchinson's
-    divergence estimate, or the exact one; `ode_steps` RK4 steps). Every window is scored whole, unprompted."""
+    character: the AR negative log-likelihood, the masked-diffusion ELBO bound, or a continuous model's ODE
+    bound (Hutchinson's divergence estimate, or the exact one; `ode_steps` RK4 steps). Every window is scored
+    whole, unprompted. The two bounds are Monte Carlo estimates: `draws` independent draws per window
+    (seeded by `window_seed`), averaged, with the standard error of that mean from the spread between draws
+    (`loss_stderr`, from 2 draws on): the estimator's own noise on these windows, not the spread of texts."""
     given = sorted(k for k, v in options.items() if v is not None and k != "namer")
     if given:
         raise ValueError(f"a text evaluation scores held-out windows and decodes nothing: decoding options "
@@ -128,7 +139,12 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     if not continuous and (exact_divergence or ode_steps is not None):
         raise ValueError("the ODE bound's options (--exact-divergence, --ode-steps) are for a continuous (flow) "
                          f"model; this one is {model.config.kind}")
-    from unmask.train.objectives import ar_loss, mdm_elbo
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, not {draws}")
+    if draws > 1 and model.config.kind == "ar":
+        raise ValueError("an AR model's likelihood is exact, nothing is drawn: --draws is for the Monte Carlo "
+                         "bounds (a diffusion model's ELBO, a flow's ODE bound)")
+    from unmask.train.objectives import ar_nll_rows, mdm_elbo_rows
 
     seq_len = seq_len or min(256, model.config.max_seq_len)  # windows of 256, or the model's whole context
     windows = task.eval_windows(seq_len, split)
@@ -138,32 +154,45 @@ def evaluate_text(model: torch.nn.Module, task, *, limit: int | None = None, bat
     n_windows = limit or min(64, len(windows))  # exactly the split's first n_windows; the last batch may be smaller
     firsts = range(0, n_windows, batch_size)
     t0 = time.perf_counter()
-    loss, terms = 0.0, {"reconstruction": 0.0, "prior": 0.0, "volume": 0.0, "noise": 0.0}
+    per_window = torch.zeros(draws, n_windows, dtype=torch.float64)  # nats per token; every window is seq_len
+    terms = {k: torch.zeros(draws, n_windows, dtype=torch.float64) for k in BOUND_TERMS}
     tokens = chars = 0
-    for i, first in enumerate(tqdm(firsts, desc="eval", disable=not progress, leave=False)):
+    bar = tqdm(total=len(firsts) * draws, desc="eval", disable=not progress, leave=False)
+    for i, first in enumerate(firsts):
         size = min(batch_size, n_windows - first)
         batch = task.eval_batch(model.tokenizer, size, i, seq_len=seq_len, first=windows.start + first)
         tokens += batch.ids.numel()
         chars += sum(len(model.tokenizer.decode(row)) for row in batch.ids.tolist())
-        share = size / n_windows  # every window is seq_len tokens: a batch weighs its share of the windows
-        if continuous:
-            b = ode_bound(model, batch.ids, batch.valid, exact=exact_divergence, steps=ode_steps or ODE_STEPS,
-                          seed=i)
-            n = float(b.tokens.sum())
-            loss += share * float(b.bound.sum()) / n
-            for k in terms:
-                terms[k] += share * float(getattr(b, k).sum()) / n
-        elif model.config.kind == "ar":
-            loss += share * float(ar_loss(model, batch))
-        else:
-            loss += share * mdm_elbo(model, batch, model.mask_token_id, seed=i)
+        rows = slice(first, first + size)
+        for k in range(draws):
+            seeds = [window_seed(windows.start + w, k) for w in range(first, first + size)]
+            if continuous:
+                b = ode_bound(model, batch.ids, batch.valid, exact=exact_divergence, steps=ode_steps or ODE_STEPS,
+                              seed=seeds)
+                n = b.tokens.double().cpu()
+                per_window[k, rows] = b.bound.double().cpu() / n
+                for name in BOUND_TERMS:
+                    terms[name][k, rows] = getattr(b, name).double().cpu() / n
+            elif model.config.kind == "ar":
+                per_window[k, rows] = ar_nll_rows(model, batch).cpu()
+            else:
+                per_window[k, rows] = mdm_elbo_rows(model, batch, model.mask_token_id, seeds).cpu()
+            bar.update()
+    bar.close()
+    loss = float(per_window.mean())
     out = {"task": task.name, "model": getattr(model, "name", "?"), "split": split, "n": n_windows,
            "loss": loss, "loss_kind": LOSS_KINDS[model.config.kind], "bits_per_token": loss / math.log(2),
            "bits_per_char": loss * tokens / chars / math.log(2),  # the same for a character tokenizer
            "seq_len": seq_len, "seconds": time.perf_counter() - t0}
+    if model.config.kind != "ar":
+        out["draws"] = draws
+        if draws > 1:  # each draw's mean over the windows is an independent estimate of the same figure
+            means = per_window.mean(1)
+            out["loss_stderr"] = float(means.std() / math.sqrt(draws))
+            out["draw_losses"] = means.tolist()
     if continuous:  # the bound's terms, nats per token: bound = reconstruction + prior - volume + noise
         out.update({"ode_steps": ode_steps or ODE_STEPS, "divergence": "exact" if exact_divergence else "hutchinson",
-                    **{f"{k}_per_token": v for k, v in terms.items()}})
+                    **{f"{k}_per_token": float(v.mean()) for k, v in terms.items()}})
     return out
 
 
@@ -173,5 +202,8 @@ def evaluate(model: torch.nn.Module, task_name: str | None = None, **kwargs: Any
         if kwargs.pop("exact_divergence", False) or kwargs.pop("ode_steps", None) is not None:
             raise ValueError(f"the ODE bound's options (--exact-divergence, --ode-steps) set a text likelihood "
                              f"bound; the {task.name} task is scored by its answers")
+        if kwargs.pop("draws", 1) != 1:
+            raise ValueError(f"--draws averages a text likelihood bound's Monte Carlo draws; the {task.name} task "
+                             f"is scored by its answers")
         return evaluate_sort(model, task, **kwargs)
     return evaluate_text(model, task, **kwargs)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -68,21 +68,36 @@ def denoiser(model: torch.nn.Module, ids: torch.Tensor, noisy: torch.Tensor, sel
     return run
 
 
+def row_draws(seed: int | Sequence[int], B: int, L: int, d: int, probes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bound's randomness: z0's noise `# (B, L, d)` and the probes' signs in {0, 1} `# (probes, B, L, d)`.
+    One seed draws the whole batch (noise first, then probes); one seed per row draws each row from its own
+    generator, so a row's bound does not depend on the rows beside it (`unmask eval` seeds by window)."""
+    if isinstance(seed, int):
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        eps = torch.randn(B, L, d, generator=gen)
+        return eps, torch.randint(0, 2, (probes, B, L, d), generator=gen)
+    if len(seed) != B:
+        raise ValueError(f"one seed per row: {len(seed)} seeds for {B} rows")
+    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seed]
+    eps = torch.stack([torch.randn(L, d, generator=g) for g in gens])
+    return eps, torch.stack([torch.randint(0, 2, (probes, L, d), generator=g) for g in gens], dim=1)
+
+
 def ode_bound(model: torch.nn.Module, ids: torch.Tensor, noisy: torch.Tensor, *, denoise: Denoiser | None = None,
-              exact: bool = False, probes: int = 1, steps: int = 64, method: str = "rk4", seed: int = 0,
+              exact: bool = False, probes: int = 1, steps: int = 64, method: str = "rk4", seed: int | Sequence[int] = 0,
               self_condition: bool = True) -> FlowBound:
     """The bound for each row of `ids` `# (B, L)`, scoring the `noisy` positions `# (B, L)` given the rest.
 
     model: a continuous model (`embeddings()`, `expected_embedding()`, config g_min / g_max); `denoise`
     replaces its forward (tests pass the exact posterior). probes: Hutchinson probes averaged per sequence
     (each one more vector-Jacobian product per evaluation). steps: RK4 steps from g_min to g_max (fixed-step
-    methods), or ignored by adaptive ones (rtol = atol = 1e-5)."""
+    methods), or ignored by adaptive ones (rtol = atol = 1e-5). seed: one for the batch, or one per row
+    (`row_draws`)."""
     from torchdiffeq import odeint
 
     cfg = model.config
     run = denoise or denoiser(model, ids, noisy, self_condition)
     table = model.embeddings().detach()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     B, L = ids.shape
     d = table.shape[1]
     keep = noisy[..., None].to(table.dtype)  # (B, L, 1): the ODE moves only noisy coordinates
@@ -92,9 +107,10 @@ def ode_bound(model: torch.nn.Module, ids: torch.Tensor, noisy: torch.Tensor, *,
                          f"{EXACT_LIMIT}; use the Hutchinson estimate (drop exact) or score a shorter span")
     g0, g1 = torch.tensor(cfg.g_min, dtype=table.dtype), torch.tensor(cfg.g_max, dtype=table.dtype)
     a0, s0 = alpha_sigma(g0)
-    eps = torch.randn(B, L, d, generator=gen).to(table) * keep
+    eps, signs = row_draws(seed, B, L, d, probes)
+    eps = eps.to(table) * keep
     z0 = a0 * table[ids] + s0 * eps
-    probe = (torch.randint(0, 2, (probes, B, L, d), generator=gen).to(table) * 2 - 1) * keep  # drawn after z0
+    probe = (signs.to(table) * 2 - 1) * keep
 
     def trace(z: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_hat `# (B, L, d)`, tr(d x_hat / d z) over the noisy coordinates `# (B,)`)."""

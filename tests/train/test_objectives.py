@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from unmask.data.batch import Batch, make_batch
 from unmask.data.sort import SortTask
 from unmask.tokenizers import CharTokenizer
-from unmask.train.objectives import ar_loss, mask_tokens, mdm_elbo, mdm_loss
+from unmask.train.objectives import ar_loss, mask_tokens, mdm_elbo, mdm_elbo_rows, mdm_loss
 from unmask.train.recipes import get_recipe
 
 MASK = 1
@@ -242,3 +242,19 @@ def test_mask_eps_outside_0_1_or_under_a_curriculum_is_refused():
             dataclasses.replace(cfg, mask_eps=eps)
     with pytest.raises(ValueError, match="curriculum"):
         dataclasses.replace(cfg, mask_eps=0.5, curriculum_steps=10, curriculum_start=0.4)
+
+
+def test_per_row_elbo_estimates_each_rows_mean_answer_cross_entropy():
+    """With logits that ignore the input, a masked token costs its fixed CE and is masked with probability t, so
+    E[CE / t over masked] is the mean CE over the row's answer: the per-row bound's expectation, by hand. Each row
+    draws from its own seed, so it gets the same figure alone or beside another row, and prompts stay unmasked."""
+    batch = hand_batch()
+    logits = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(4))
+    by_hand = [sum(ce(logits[0, p], t) for p, t in ((2, 7), (3, 8), (4, 9))) / 3, ce(logits[1, 1], 4)]
+    model = FixedLogits(logits)
+    draws = torch.stack([mdm_elbo_rows(model, batch, MASK, [s, 1000 + s]) for s in range(300)])  # (300, 2)
+    assert draws.mean(0).tolist() == pytest.approx(by_hand, rel=0.05)
+    assert not any(bool(((seen == MASK) & ~batch.target).any()) for seen in model.seen)  # only answers masked
+    row1 = Batch(*(getattr(batch, f.name)[1:] for f in dataclasses.fields(Batch)))
+    alone = mdm_elbo_rows(FixedLogits(logits[1:]), row1, MASK, [1007])
+    assert float(alone[0]) == pytest.approx(float(draws[7, 1]), abs=1e-12)

@@ -2,7 +2,8 @@
 in one run.
 
 Likelihood: each model's held-out figure on the same windows (`unmask eval`'s code): the AR twin's exact
-NLL, the masked-diffusion ELBO bound, the flow's ODE bound (Hutchinson, RK4), nats and bits per character.
+NLL, the masked-diffusion ELBO bound, the flow's ODE bound (Hutchinson, RK4), nats and bits per character;
+each bound averages DRAWS draws per window, with its standard error and the flow / MDM ratio's.
 Samples: batch-1 generations after held-out prompts at a sweep of sampling steps (the flow's passes from
 noise; the MDM's low-confidence steps over one block), settings interleaved, with the AR twin's NLL of
 each sample (the judge every setting shares, as `unmask bench`'s text part does) and its distinct
@@ -32,6 +33,7 @@ MODELS = {"ar": "shakespeare-ar", "mdm": "shakespeare-mdm", "flow": "shakespeare
 NEW_TOKENS = 128
 FLOW_STEPS = (8, 16, 32, 64, 128)
 MDM_STEPS = (16, 32, 64, 128)
+DRAWS = 2  # Monte Carlo draws per window of each bound: the fewest that give a standard error
 
 
 def sweep(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
@@ -55,7 +57,8 @@ def run_flow_bench(*, quick: bool, out_dir: Path, progress: bool = True, models:
     windows = 16 if quick else 64
     likelihood = {}
     for role in tqdm(names, desc="likelihood", disable=not progress, file=sys.stderr):
-        res = evaluate_text(loaded[role], task_of(loaded[role]), limit=windows, batch_size=16)
+        draws = 1 if loaded[role].config.kind == "ar" else DRAWS  # the AR NLL is exact
+        res = evaluate_text(loaded[role], task_of(loaded[role]), limit=windows, batch_size=16, draws=draws)
         likelihood[role] = {k: v for k, v in res.items() if k not in ("task", "model")}
     samples = sample_sweep(loaded, sweep(quick), 2 if quick else 5, progress)
     report = {"quick": quick, "environment": environment(), "models": names,
@@ -104,20 +107,33 @@ def sample_sweep(loaded: dict[str, torch.nn.Module], rows: list[tuple[str, str, 
     return out
 
 
+def ratio_with_stderr(top: dict[str, Any], bottom: dict[str, Any]) -> tuple[float, float | None]:
+    """top / bottom of two `evaluate_text` figures and its standard error (first order in the two independent
+    Monte Carlo errors), or None where either figure has no standard error."""
+    ratio = top["loss"] / bottom["loss"]
+    if "loss_stderr" not in top or "loss_stderr" not in bottom:
+        return ratio, None
+    return ratio, ratio * math.hypot(top["loss_stderr"] / top["loss"], bottom["loss_stderr"] / bottom["loss"])
+
+
 def markdown(report: dict[str, Any]) -> str:
     lik = report["likelihood"]
     lines = [f"## unmask bench --flow ({'quick' if report['quick'] else 'full'})", "",
              f"Held-out likelihood ({next(iter(lik.values()))['n']} windows of "
              f"{next(iter(lik.values()))['seq_len']} characters, the same for every model):", "",
-             "| Model | Parameters | Training | Figure | Nats / char | Bits / char |", "|---|---:|---:|---|---:|---:|"]
+             "| Model | Parameters | Training | Figure | Draws | Nats / char | Bits / char |",
+             "|---|---:|---:|---|---:|---:|---:|"]
     for role, res in lik.items():
         minutes = report["train_minutes"].get(role)
+        se = f" ± {res['loss_stderr']:.3f}" if "loss_stderr" in res else ""
         lines.append(f"| {report['models'][role]} | {report['params'][role]:,} | "
                      f"{f'{minutes:.1f} min' if minutes is not None else '?'} | {res['loss_kind']} | "
-                     f"{res['loss']:.3f} | {res['bits_per_token']:.3f} |")
+                     f"{res.get('draws', 'exact')} | {res['loss']:.3f}{se} | {res['bits_per_token']:.3f} |")
+    lines += ["", "± one standard error of the Monte Carlo mean, from the spread between draws (the same windows)."]
     if "flow" in lik and "mdm" in lik:
-        lines += ["", f"Flow bound / MDM ELBO: {lik['flow']['loss'] / lik['mdm']['loss']:.3f}x; "
-                      f"flow bound / AR NLL: {lik['flow']['loss'] / lik['ar']['loss']:.3f}x."]
+        ratio, se = ratio_with_stderr(lik["flow"], lik["mdm"])
+        lines += [f"Flow bound / MDM ELBO: {ratio:.3f}x{f' ± {se:.3f}' if se is not None else ''}; "
+                  f"flow bound / AR NLL: {lik['flow']['loss'] / lik['ar']['loss']:.3f}x."]
     if "flow" in lik:
         f = lik["flow"]
         lines.append(f"Flow bound terms (nats/char): reconstruction {f['reconstruction_per_token']:.3f}, prior "

@@ -61,6 +61,15 @@ def ar_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 @torch.no_grad()
+def ar_nll_rows(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token NLL per row `# (B,)` in nats per scored token: `ar_loss` row by row (exact, nothing drawn)."""
+    logits = model(batch.ids, valid=batch.valid)[:, :-1]  # (B, L-1, V)
+    scored = batch.target[:, 1:]
+    ce = F.cross_entropy(logits.transpose(1, 2).float(), batch.ids[:, 1:], reduction="none")  # (B, L-1)
+    return (ce * scored).sum(1).double() / scored.sum(1).clamp(min=1).double()
+
+
+@torch.no_grad()
 def mdm_elbo(model: torch.nn.Module, batch: Batch, mask_id: int, *, n_t: int = 8, seed: int = 0) -> float:
     """Deterministic estimate of the diffusion NLL bound (nats/token): stratified t over n_t draws."""
     gen = torch.Generator().manual_seed(seed)
@@ -71,6 +80,30 @@ def mdm_elbo(model: torch.nn.Module, batch: Batch, mask_id: int, *, n_t: int = 8
         t = t.clamp(min=1e-3)
         total += float(mdm_loss(model, batch, mask_id, generator=gen, t=t))
     return total / n_t
+
+
+@torch.no_grad()
+def mdm_elbo_rows(model: torch.nn.Module, batch: Batch, mask_id: int, seeds: list[int], *, n_t: int = 8
+                  ) -> torch.Tensor:
+    """The diffusion NLL bound per row `# (B,)` in nats per target token, each row drawing its noise levels
+    (stratified over n_t strata) and masks from its own generator seeded by `seeds[row]`: a row's figure is a
+    pure function of (model, row, seed), whatever else shares its batch (`unmask eval` seeds by window)."""
+    B, L = batch.ids.shape
+    if len(seeds) != B:
+        raise ValueError(f"mdm_elbo_rows needs one seed per row: {len(seeds)} seeds for {B} rows")
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    offsets = torch.stack([torch.rand(n_t, generator=g) for g in gens])  # (B, n_t)
+    draws = [torch.stack([torch.rand(L, generator=g) for _ in range(n_t)]) for g in gens]  # B x (n_t, L)
+    draws = torch.stack(draws, dim=1)  # (n_t, B, L)
+    total = torch.zeros(B, dtype=torch.float64)
+    for k in range(n_t):
+        t = ((k + offsets[:, k:k + 1]) / n_t).clamp(min=1e-3)  # (B, 1)
+        masked = (draws[k] < t) & batch.target
+        noisy = torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids)
+        logits = aligned_logits(model, model(noisy, valid=batch.valid))  # (B, L, V)
+        ce = F.cross_entropy(logits.transpose(1, 2).float(), batch.ids, reduction="none")  # (B, L)
+        total += ((ce * masked / t).sum(1)).double()
+    return total / n_t / batch.target.sum(1).clamp(min=1).double()
 
 
 def ahead_attention(valid: torch.Tensor, cut: torch.Tensor, ahead: int) -> torch.Tensor:
