@@ -96,6 +96,18 @@ def test_eval_bad_limit(capsys, mdm_dir):
     assert_user_error(code, err, "eval")
 
 
+@pytest.mark.parametrize("model, draws, says", [
+    ("shakespeare-mdm", "0", "--draws must be at least 1"),
+    ("shakespeare-ar", "2", "likelihood is exact"),
+    ("MDM", "2", "scored by its answers"),  # a sort model: nothing to average
+])
+def test_eval_draws_mistakes(capsys, mdm_dir, model, draws, says):
+    code, _, err = run(capsys, "eval", "--model", mdm_dir if model == "MDM" else model, "--draws", draws,
+                       "--limit", "1", "--json")
+    assert_user_error(code, err, "eval")
+    assert says in err
+
+
 @pytest.mark.parametrize("which", ["mdm", "ar"])
 def test_generate_json(capsys, mdm_dir, ar_dir, which):
     """`generate --json` prints exactly one JSON object with the documented keys."""

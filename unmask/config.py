@@ -182,6 +182,10 @@ class TrainConfig:
     # Update only on groups whose rewards differ (DAPO's dynamic sampling, as a filter): a group of equal
     # rewards has zero advantages, so without KL it adds nothing to any objective's gradient but its passes.
     drop_uniform_groups: bool = False
+    # Roll out the prompts the model gets wrong (a curriculum of hard prompts): draw `screen_prompts` candidates
+    # per step (in all, split over processes like the rollouts), decode each once greedily at the rollout
+    # point, and roll out the wrong ones first, then right ones, up to batch_size / group. 0: no screening.
+    screen_prompts: int = 0
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.step_tokens < 1 or self.distill_block < 1:
@@ -206,6 +210,9 @@ class TrainConfig:
                              "least 1 and lora_rank not negative")
         if not 0 <= self.p_mask_prompt < 1 or self.clip_eps <= 0 or self.kl_beta < 0:
             raise ValueError("p_mask_prompt must lie in [0, 1), clip_eps above 0 and kl_beta not negative")
+        if self.screen_prompts < 0:
+            raise ValueError(f"screen_prompts (candidate prompts per step) must not be negative, not "
+                             f"{self.screen_prompts}")
         if self.drop_uniform_groups and self.kl_beta:
             raise ValueError("drop_uniform_groups skips groups whose KL term kl_beta still reads: use one or the "
                              "other")

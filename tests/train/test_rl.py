@@ -230,3 +230,39 @@ def test_lora_trains_adapters_only_and_saves_them_merged(rl_cfg, trained_mdm, tm
     ids = torch.randint(4, 30, (2, 12))
     torch.testing.assert_close(adapted.eval()(ids), tuned(ids), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(merged(adapted)(ids), tuned(ids), atol=1e-6, rtol=1e-6)
+
+
+def test_screening_rolls_out_the_prompts_the_model_gets_wrong_first(rl_cfg):
+    """Candidates are decoded once greedily at the rollout point; the wrong ones come first, in their drawn
+    order, then right ones. Half the candidates are made right by taking the model's own answer as theirs."""
+    import unmask
+    from unmask.data import get_task
+    from unmask.evaluation import evaluate_sort
+    from unmask.rl.setup import RLRun
+    from unmask.tokenizers import CharTokenizer
+
+    cfg = dataclasses.replace(rl_cfg, screen_prompts=8)  # rolls out 8 / 4 = 2 prompts a step
+    task = get_task(cfg.task, **cfg.task_options)
+    run = RLRun.start(cfg, unmask.load_model(cfg.init), CharTokenizer(), task, world=1)
+    drawn = task.train_examples("screen", 8)
+    said = evaluate_sort(run.model, task, examples=drawn, **run.greedy_options())["outputs"]
+    candidates = [dataclasses.replace(ex, answer=text.strip()) if i % 2 == 0 else ex
+                  for i, (ex, text) in enumerate(zip(drawn, said))]  # even ones: right by construction
+    wrong = [ex for ex, text in zip(candidates, said) if not task.score(text, ex)]
+    assert 0 < len(wrong) <= 4
+    chosen, share = run.hardest(candidates, 6)
+    assert chosen[:len(wrong)] == wrong and share == len(wrong) / 8
+    assert chosen[len(wrong):] == [ex for ex in candidates if ex not in wrong][:6 - len(wrong)]
+    assert run.model.training  # handed back to the update in training mode
+    with pytest.raises(ValueError, match="screen_prompts 1 must be at least the 2 prompts"):
+        RLRun.start(dataclasses.replace(cfg, screen_prompts=1), unmask.load_model(cfg.init), CharTokenizer(), task, 1)
+
+
+def test_a_screened_run_records_the_wrong_share_and_resumes_bit_for_bit(rl_cfg, tmp_path):
+    cfg = dataclasses.replace(rl_cfg, screen_prompts=6, drop_uniform_groups=True, kl_beta=0.0)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "resumed", stop_after=2, progress=False)
+    assert train(cfg, tmp_path / "resumed", resume=True, progress=False).losses == straight.losses[2:]
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["screened_wrong_share"] for r in records if "reward" in r]
+    assert len(shares) == cfg.steps and all(0 <= x <= 1 for x in shares)

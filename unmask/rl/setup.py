@@ -46,6 +46,10 @@ class RLRun:
         # what the engine and the evaluation read answers with
         attach(model, tok, name=cfg.name, meta={"task": cfg.task, "task_options": cfg.task_options})
         resolve(model.config, {**cfg.rollout, "max_new_tokens": answer_window(cfg, task)})  # refusals now
+        prompts = cfg.batch_size // cfg.group
+        if cfg.screen_prompts and (cfg.screen_prompts < prompts or cfg.screen_prompts % world):
+            raise ValueError(f"screen_prompts {cfg.screen_prompts} must be at least the {prompts} prompts a step "
+                             f"rolls out (batch size / group) and split evenly over {world} processes")
         reference = None
         if cfg.kl_beta:
             reference = copy.deepcopy(model).eval()
@@ -62,17 +66,39 @@ class RLRun:
         from unmask.train.loop import hash_seed
 
         seed = f"{self.cfg.seed}-{step}-{rank}"
-        examples = self.task.train_examples(seed, self.cfg.batch_size // world // self.cfg.group)
-        return rl_iteration(self.model, policy, self.reference, opt, self.cfg, self.task, examples,
-                            hash_seed(seed) % (1 << 31), self.tok)
+        n = self.cfg.batch_size // world // self.cfg.group
+        screened = {}
+        if self.cfg.screen_prompts:
+            candidates = self.task.train_examples(seed, self.cfg.screen_prompts // world)
+            examples, screened["screened_wrong_share"] = self.hardest(candidates, n)
+        else:
+            examples = self.task.train_examples(seed, n)
+        result = rl_iteration(self.model, policy, self.reference, opt, self.cfg, self.task, examples,
+                              hash_seed(seed) % (1 << 31), self.tok)
+        result.metrics.update(screened)
+        return result
+
+    def greedy_options(self) -> dict[str, Any]:
+        """The rollout operating point without its sampling: what the held-out accuracy decodes with."""
+        options = {k: v for k, v in self.cfg.rollout.items() if k not in ("temperature", "top_k", "top_p", "seed")}
+        return {**options, "max_new_tokens": answer_window(self.cfg, self.task)}
+
+    def hardest(self, candidates: list, n: int) -> tuple[list, float]:
+        """The n candidates to roll out, those the greedy decode at the rollout point gets wrong first (in their
+        drawn order), then right ones; and the wrong share of all candidates."""
+        from unmask.evaluation import evaluate_sort
+
+        res = evaluate_sort(self.model, self.task, examples=candidates, **self.greedy_options())
+        self.model.train()
+        wrong = [not self.task.score(text, ex) for text, ex in zip(res["outputs"], candidates)]
+        ordered = [ex for ex, w in zip(candidates, wrong) if w] + [ex for ex, w in zip(candidates, wrong) if not w]
+        return ordered[:n], sum(wrong) / len(candidates)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy and forwards per answer at the rollout operating point, greedy (no temperature)."""
         from unmask.evaluation import evaluate_sort
 
-        options = {k: v for k, v in self.cfg.rollout.items() if k not in ("temperature", "top_k", "top_p", "seed")}
-        options["max_new_tokens"] = answer_window(self.cfg, self.task)
-        res = evaluate_sort(self.model, self.task, limit=self.cfg.eval_examples, **options)
+        res = evaluate_sort(self.model, self.task, limit=self.cfg.eval_examples, **self.greedy_options())
         self.model.train()
         return {"eval_accuracy": res["accuracy"], "eval_forwards": res["nfe_mean"],
                 "eval_tokens_per_forward": res["tokens_per_forward"]}

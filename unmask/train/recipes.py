@@ -217,6 +217,13 @@ RECIPES: dict[str, TrainConfig] = {
                                             eval_every=50, save_every=25,
                                             description="sort-mdm-fast after diffu-grpo RL at threshold 0.5 + "
                                                         "dual cache"),
+    # RL on the prompts the start gets wrong (README "RL post-training"): 1024 candidates a step decoded once
+    # greedily at the rollout point, 64 rolled out (8 answers each), wrong ones first; from sort-mdm-fast2
+    # (run `unmask train --recipe sort-mdm-fast2` first, which writes runs/sort-mdm-fast2).
+    "sort-mdm-fast2-rl-screened": dataclasses.replace(
+        SORT_RL, name="sort-mdm-fast2-rl-screened", init="runs/sort-mdm-fast2", steps=200, batch_size=512,
+        screen_prompts=1024, eval_every=50, save_every=25,
+        description="sort-mdm-fast2 after diffu-grpo RL on the prompts it gets wrong, at threshold 0.5 + dual cache"),
     # Seconds-long recipes for tests and smoke runs.
     "tiny-sort-mdm": TrainConfig(
         name="tiny-sort-mdm", task="sort", objective="mdm",
