@@ -235,10 +235,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.draws < 1:
         raise UserError(f"--draws must be at least 1, not {args.draws}")
     model = load(args.model, args.dtype, args.threads, args.device)
-    bound = {k: v for k, v in (("exact_divergence", args.exact_divergence), ("ode_steps", args.ode_steps),
-                               ("draws", args.draws if args.draws != 1 else None)) if v}
+    bound = {k: v for k, v in (("exact_divergence", args.exact_divergence), ("ode_steps", args.ode_steps)) if v}
     result = evaluate(model, args.task, limit=args.limit, batch_size=args.batch_size, progress=not args.json,
-                      split=args.split, namer=flag_name, **bound, **decoding_options(args))
+                      split=args.split, namer=flag_name, draws=args.draws, **bound, **decoding_options(args))
     result.pop("outputs", None)
     if args.json:
         print(json.dumps(result))

@@ -93,8 +93,7 @@ def mdm_elbo_rows(model: torch.nn.Module, batch: Batch, mask_id: int, seeds: lis
         raise ValueError(f"mdm_elbo_rows needs one seed per row: {len(seeds)} seeds for {B} rows")
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     offsets = torch.stack([torch.rand(n_t, generator=g) for g in gens])  # (B, n_t)
-    draws = [torch.stack([torch.rand(L, generator=g) for _ in range(n_t)]) for g in gens]  # B x (n_t, L)
-    draws = torch.stack(draws, dim=1)  # (n_t, B, L)
+    draws = torch.stack([torch.rand(n_t, L, generator=g) for g in gens], dim=1)  # (n_t, B, L)
     total = torch.zeros(B, dtype=torch.float64)
     for k in range(n_t):
         t = ((k + offsets[:, k:k + 1]) / n_t).clamp(min=1e-3)  # (B, 1)
