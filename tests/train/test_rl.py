@@ -2,6 +2,7 @@
 reuse the cached masks, exact resume, and the recipe refusals."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -73,6 +74,45 @@ def test_trace_logprobs_score_each_token_in_its_own_steps_context():
     assert lp[0, 5].item() == 0.0
     seen = sorted(int((x == MASK).sum()) for x in torch.cat(model.inputs))
     assert seen == [2, 4]  # one pass per distinct step of the row
+
+
+def row_by_row(model, batch, scored, steps, objective):
+    """The estimate with one model pass per row (and per trace step): the slow reference."""
+    out = torch.zeros(batch.ids.shape)
+    for i in range(batch.ids.shape[0]):
+        for s in sorted(set(steps[i][scored[i]].tolist())) if objective == "trace-grpo" else [None]:
+            hidden = batch.target[i] if s is None else batch.target[i] & ((steps[i] >= s) | (steps[i] == NEVER))
+            noisy = torch.where(hidden, torch.full_like(batch.ids[i], MASK), batch.ids[i]).unsqueeze(0)
+            lp = torch.log_softmax(model(noisy, valid=batch.valid[i:i + 1]).float(), dim=-1)[0]  # (L, V)
+            cols = scored[i] if s is None else scored[i] & (steps[i] == s)
+            out = out.index_put((torch.full((int(cols.sum()),), i), cols.nonzero().squeeze(1)),
+                                lp[cols].gather(-1, batch.ids[i][cols].unsqueeze(-1)).squeeze(-1))
+    return out
+
+
+@pytest.mark.parametrize("objective", ["diffu-grpo", "trace-grpo"])
+def test_shared_passes_give_each_rows_own_logprobs_and_gradient(mdm_model, objective):
+    """A group's answers mostly show the model one input (clean prompt, answer masked), which the estimate runs
+    once: the log-probs and the gradient must be those of one pass per row."""
+    tok = mdm_model.tokenizer
+    model = copy.deepcopy(mdm_model)  # its own gradients
+    prompts = [tok.encode("sort: 5 3 1") + [tok.sep_token_id], tok.encode("sort: 9 2 7 4") + [tok.sep_token_id]]
+    options = {"strategy": "threshold", "threshold": 0.9, "cache": "dual", "temperature": 1.0, "max_new_tokens": 24}
+    ro = rollout(model, prompts, 4, options, seed=3)
+    batch, scored, steps = ro.batch(tok.pad_token_id)
+    assert steps.max() > 1  # some answers took several passes: the trace has distinct contexts too
+    weights = torch.randn(batch.ids.shape, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for estimator in (lambda: estimate(model, dataclasses.replace(get_recipe("tiny-sort-mdm-rl"), objective=objective,
+                                                                  p_mask_prompt=0.0), batch, scored, steps, MASK, 0, 0),
+                      lambda: row_by_row(model, batch, scored, steps, objective)):
+        model.zero_grad()
+        lp = estimator()
+        (lp * weights).sum().backward()
+        grads.append((lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (shared, g_shared), (alone, g_alone) = grads
+    assert scored.any() and torch.allclose(shared, alone, atol=1e-5)
+    assert torch.allclose(g_shared, g_alone, atol=1e-5, rtol=1e-4)
 
 
 def test_group_advantages_are_relative_to_the_group():

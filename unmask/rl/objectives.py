@@ -18,11 +18,6 @@ import torch.nn.functional as F
 from unmask.data.batch import Batch
 
 
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log p(ids) under logits `# (N, L, V)` -> `# (N, L)`, in float32."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
 def one_step_logprobs(model: torch.nn.Module, batch: Batch, scored: torch.Tensor, mask_id: int,
                       p_mask_prompt: float, generator: torch.Generator) -> torch.Tensor:
     """d1's per-token estimate `# (N, L)` (0 off `scored`): answer fully masked, prompt tokens masked with
@@ -32,7 +27,7 @@ def one_step_logprobs(model: torch.nn.Module, batch: Batch, scored: torch.Tensor
     draw = torch.rand(batch.ids.shape, generator=generator).to(batch.ids.device)
     masked = batch.target | (prompt & (draw < p_mask_prompt))
     noisy = torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids)
-    lp = token_logprobs(model(noisy, valid=batch.valid), batch.ids)
+    lp = distinct_token_logprobs(model, noisy, batch.valid, batch.ids)
     return lp.masked_fill(~scored, 0.0)
 
 
@@ -40,21 +35,35 @@ def trace_logprobs(model: torch.nn.Module, batch: Batch, scored: torch.Tensor, s
                    chunk: int = 64) -> torch.Tensor:
     """TraceRL's per-token estimate `# (N, L)` (0 off `scored`): each scored token's log-probability in the
     pass that mirrors the step that committed it (`steps` from the rollout's trace; 0 = never committed)."""
-    answer = batch.target
+    out = torch.zeros(batch.ids.shape, dtype=torch.float32, device=batch.ids.device)
     pending = steps.masked_fill(steps == 0, torch.iinfo(torch.long).max)  # never committed: always masked
     jobs = [(i, int(s)) for i in range(batch.ids.shape[0]) for s in torch.unique(steps[i][scored[i]]).tolist()]
-    out = torch.zeros(batch.ids.shape, dtype=torch.float32, device=batch.ids.device)
-    for lo in range(0, len(jobs), chunk):
-        part = jobs[lo:lo + chunk]
-        rows = torch.tensor([i for i, _ in part], device=batch.ids.device)
-        at = torch.tensor([s for _, s in part], device=batch.ids.device).unsqueeze(1)  # (n, 1)
-        ids, valid = batch.ids[rows], batch.valid[rows]
-        hidden = answer[rows] & (pending[rows] >= at)  # (n, L): committed at or after this step
-        noisy = torch.where(hidden, torch.full_like(ids, mask_id), ids)
-        lp = token_logprobs(model(noisy, valid=valid), ids)  # (n, L)
-        j, col = (scored[rows] & (steps[rows] == at)).nonzero(as_tuple=True)  # the tokens of this step
-        out = out.index_put((rows[j], col), lp[j, col])  # each (row, column) is scored in one step only
-    return out
+    if not jobs:
+        return out
+    rows = torch.tensor([i for i, _ in jobs], device=batch.ids.device)  # (J,) one pass per (row, step)
+    at = torch.tensor([s for _, s in jobs], device=batch.ids.device).unsqueeze(1)  # (J, 1)
+    ids = batch.ids[rows]
+    hidden = batch.target[rows] & (pending[rows] >= at)  # (J, L): committed at or after this step
+    noisy = torch.where(hidden, torch.full_like(ids, mask_id), ids)
+    lp = distinct_token_logprobs(model, noisy, batch.valid[rows], ids, chunk)  # (J, L)
+    j, col = (scored[rows] & (steps[rows] == at)).nonzero(as_tuple=True)  # the tokens of each job's step
+    return out.index_put((rows[j], col), lp[j, col])  # each (row, column) is scored in one step only
+
+
+def distinct_token_logprobs(model: torch.nn.Module, noisy: torch.Tensor, valid: torch.Tensor, ids: torch.Tensor,
+                            chunk: int | None = None) -> torch.Tensor:
+    """log p(ids) `# (N, L)`, row i under the model's logits on (noisy[i], valid[i]), running each distinct
+    input once (`chunk` rows a pass). The answers of a group mostly show the model the very same input: with a
+    clean prompt and the whole answer masked every one of them does, so one pass serves all G. The gradient
+    reaching a shared pass is the sum of its rows', the same as one pass each."""
+    width = noisy.shape[1]
+    key = torch.cat([noisy, valid.to(noisy.dtype)], dim=1)  # (N, 2L)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, 2L), (N,)
+    parts = [torch.log_softmax(model(part[:, :width], valid=part[:, width:].bool()).float(), dim=-1)
+             for part in distinct.split(chunk or len(distinct))]
+    logprobs = torch.cat(parts)  # (U, L, V)
+    cols = torch.arange(width, device=ids.device).unsqueeze(0)  # (1, L)
+    return logprobs[inverse.unsqueeze(1), cols, ids]  # (N, L): no (N, L, V) copy
 
 
 def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
