@@ -37,6 +37,15 @@ SORT_FAST = TrainConfig(
                 "first pass of a fast decoder sees it)")
 
 
+# RL on the prompts the start gets wrong: 1024 candidates a step decoded once greedily at the rollout point, 64
+# rolled out (8 answers each), wrong ones first, 300 steps; from sort-mdm-fast3 (run `unmask train --recipe
+# sort-mdm-fast2`, then `--recipe sort-mdm-fast3`, first: they write runs/sort-mdm-fast2 and runs/sort-mdm-fast3).
+SORT_SCREENED_RL = dataclasses.replace(
+    SORT_RL, name="sort-mdm-fast3-rl-screened", init="runs/sort-mdm-fast3", steps=300, batch_size=512,
+    screen_prompts=1024, eval_every=50, save_every=25,
+    description="sort-mdm-fast3 after diffu-grpo RL on the prompts it gets wrong, at threshold 0.5 + dual cache")
+
+
 def flow_recipe(name: str, width: int | None) -> TrainConfig:
     """The text flow's recipe diffusing in `width` dimensions (None: the network's own width)."""
     return TrainConfig(
@@ -76,6 +85,12 @@ RECIPES: dict[str, TrainConfig] = {
     "sort-mdm-fast2": dataclasses.replace(
         SORT_FAST, name="sort-mdm-fast2", init="sort-mdm-fast",
         description="sort-mdm-fast fine-tuned for another 1500 steps at mask rates in [0.9, 1]"),
+    "sort-mdm-fast3": dataclasses.replace(
+        SORT_FAST, name="sort-mdm-fast3", init="runs/sort-mdm-fast2",
+        description="sort-mdm-fast2 fine-tuned for another 1500 steps at mask rates in [0.9, 1]"),
+    "sort-mdm-fast4": dataclasses.replace(
+        SORT_FAST, name="sort-mdm-fast4", init="runs/sort-mdm-fast3",
+        description="sort-mdm-fast3 fine-tuned for another 1500 steps at mask rates in [0.9, 1]"),
     "sort-ar": TrainConfig(
         name="sort-ar", task="sort", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
         steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
@@ -217,12 +232,15 @@ RECIPES: dict[str, TrainConfig] = {
                                             eval_every=50, save_every=25,
                                             description="sort-mdm-fast after diffu-grpo RL at threshold 0.5 + "
                                                         "dual cache"),
-    # RL on the prompts the start gets wrong (README "RL post-training"): 1024 candidates a step decoded once
-    # greedily at the rollout point, 64 rolled out (8 answers each), wrong ones first; from sort-mdm-fast2
-    # (run `unmask train --recipe sort-mdm-fast2` first, which writes runs/sort-mdm-fast2).
+    # RL on the prompts the start gets wrong (README "RL post-training").
+    # The three objectives on the same screened rollouts, 300 steps each (153,600 rollouts).
+    **{f"sort-mdm-fast3-rl-screened-{objective}": dataclasses.replace(
+        SORT_SCREENED_RL, name=f"sort-mdm-fast3-rl-screened-{objective}", objective=objective,
+        description=f"sort-mdm-fast3 after {objective} RL on the prompts it gets wrong, at threshold 0.5 + dual cache")
+       for objective in ("diffu-grpo", "wd1", "trace-grpo")},
+    # The same from sort-mdm-fast2 (README "RL post-training": the earlier screened run).
     "sort-mdm-fast2-rl-screened": dataclasses.replace(
-        SORT_RL, name="sort-mdm-fast2-rl-screened", init="runs/sort-mdm-fast2", steps=200, batch_size=512,
-        screen_prompts=1024, eval_every=50, save_every=25,
+        SORT_SCREENED_RL, name="sort-mdm-fast2-rl-screened", init="runs/sort-mdm-fast2", steps=200,
         description="sort-mdm-fast2 after diffu-grpo RL on the prompts it gets wrong, at threshold 0.5 + dual cache"),
     # Seconds-long recipes for tests and smoke runs.
     "tiny-sort-mdm": TrainConfig(
