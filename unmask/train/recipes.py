@@ -38,12 +38,21 @@ SORT_FAST = TrainConfig(
 
 
 # RL on the prompts the start gets wrong: 1024 candidates a step decoded once greedily at the rollout point, 64
-# rolled out (8 answers each), wrong ones first, 300 steps; from sort-mdm-fast3 (run `unmask train --recipe
-# sort-mdm-fast2`, then `--recipe sort-mdm-fast3`, first: they write runs/sort-mdm-fast2 and runs/sort-mdm-fast3).
-SORT_SCREENED_RL = dataclasses.replace(
-    SORT_RL, name="sort-mdm-fast3-rl-screened", init="runs/sort-mdm-fast3", steps=300, batch_size=512,
-    screen_prompts=1024, eval_every=50, save_every=25,
-    description="sort-mdm-fast3 after diffu-grpo RL on the prompts it gets wrong, at threshold 0.5 + dual cache")
+# rolled out (8 answers each), wrong ones first. The starts are run folders: `unmask train --recipe
+# sort-mdm-fast2`, then `--recipe sort-mdm-fast3`, write runs/sort-mdm-fast2 and runs/sort-mdm-fast3.
+def screened_rl(name: str, start: str, objective: str = "diffu-grpo", steps: int = 300) -> TrainConfig:
+    """Screened RL with `objective` from the run folder runs/`start`."""
+    return dataclasses.replace(
+        SORT_RL, name=name, init=f"runs/{start}", objective=objective, steps=steps, batch_size=512,
+        screen_prompts=1024, eval_every=50, save_every=25,
+        description=f"{start} after {objective} RL on the prompts it gets wrong, at threshold 0.5 + dual cache")
+
+
+def fast_stage(name: str, start: str) -> TrainConfig:
+    """Another sort-mdm-fast stage from `start` (a bundled name or a folder)."""
+    return dataclasses.replace(
+        SORT_FAST, name=name, init=start,
+        description=f"{start.removeprefix('runs/')} fine-tuned for another 1500 steps at mask rates in [0.9, 1]")
 
 
 def flow_recipe(name: str, width: int | None) -> TrainConfig:
@@ -82,15 +91,9 @@ RECIPES: dict[str, TrainConfig] = {
                     "to a random window of up to 192 tokens"),
     "sort-mdm-fast": SORT_FAST,
     # A second stage of the same (README "RL post-training": 93.9% at threshold 0.5 + dual, 98.1% at 0.9).
-    "sort-mdm-fast2": dataclasses.replace(
-        SORT_FAST, name="sort-mdm-fast2", init="sort-mdm-fast",
-        description="sort-mdm-fast fine-tuned for another 1500 steps at mask rates in [0.9, 1]"),
-    "sort-mdm-fast3": dataclasses.replace(
-        SORT_FAST, name="sort-mdm-fast3", init="runs/sort-mdm-fast2",
-        description="sort-mdm-fast2 fine-tuned for another 1500 steps at mask rates in [0.9, 1]"),
-    "sort-mdm-fast4": dataclasses.replace(
-        SORT_FAST, name="sort-mdm-fast4", init="runs/sort-mdm-fast3",
-        description="sort-mdm-fast3 fine-tuned for another 1500 steps at mask rates in [0.9, 1]"),
+    "sort-mdm-fast2": fast_stage("sort-mdm-fast2", "sort-mdm-fast"),
+    "sort-mdm-fast3": fast_stage("sort-mdm-fast3", "runs/sort-mdm-fast2"),
+    "sort-mdm-fast4": fast_stage("sort-mdm-fast4", "runs/sort-mdm-fast3"),
     "sort-ar": TrainConfig(
         name="sort-ar", task="sort", objective="ar", model=dataclasses.replace(SORT_MODEL, kind="ar"),
         steps=3000, batch_size=64, lr=2e-3, warmup_steps=200, eval_every=500, save_every=250,
@@ -234,14 +237,11 @@ RECIPES: dict[str, TrainConfig] = {
                                                         "dual cache"),
     # RL on the prompts the start gets wrong (README "RL post-training").
     # The three objectives on the same screened rollouts, 300 steps each (153,600 rollouts).
-    **{f"sort-mdm-fast3-rl-screened-{objective}": dataclasses.replace(
-        SORT_SCREENED_RL, name=f"sort-mdm-fast3-rl-screened-{objective}", objective=objective,
-        description=f"sort-mdm-fast3 after {objective} RL on the prompts it gets wrong, at threshold 0.5 + dual cache")
+    **{f"sort-mdm-fast3-rl-screened-{objective}": screened_rl(f"sort-mdm-fast3-rl-screened-{objective}",
+                                                              "sort-mdm-fast3", objective)
        for objective in ("diffu-grpo", "wd1", "trace-grpo")},
     # The same from sort-mdm-fast2 (README "RL post-training": the earlier screened run).
-    "sort-mdm-fast2-rl-screened": dataclasses.replace(
-        SORT_SCREENED_RL, name="sort-mdm-fast2-rl-screened", init="runs/sort-mdm-fast2", steps=200,
-        description="sort-mdm-fast2 after diffu-grpo RL on the prompts it gets wrong, at threshold 0.5 + dual cache"),
+    "sort-mdm-fast2-rl-screened": screened_rl("sort-mdm-fast2-rl-screened", "sort-mdm-fast2", steps=200),
     # Seconds-long recipes for tests and smoke runs.
     "tiny-sort-mdm": TrainConfig(
         name="tiny-sort-mdm", task="sort", objective="mdm",
