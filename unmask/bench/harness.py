@@ -32,7 +32,7 @@ from unmask.threads import choose_threads
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
 OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd", "d2f": "sort-d2f", "sdtt": "sort-mdm-sdtt",
-                   "rl": "sort-mdm-rl"}  # when bundled
+                   "rl": "sort-mdm-rl", "rl-start": "sort-mdm-fast4"}  # when bundled
 EVAL_BATCH = 32
 
 
