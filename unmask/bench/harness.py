@@ -32,7 +32,7 @@ from unmask.threads import choose_threads
 
 DEFAULT_MODELS = {"ar": "sort-ar", "diffusion": "sort-mdm"}
 OPTIONAL_MODELS = {"isd": "sort-isd", "bd": "sort-bd", "d2f": "sort-d2f", "sdtt": "sort-mdm-sdtt",
-                   "rl": "sort-mdm-rl", "rl-start": "sort-mdm-fast4"}  # when bundled
+                   "rl": "sort-mdm-rl"}  # when bundled
 EVAL_BATCH = 32
 
 
@@ -157,14 +157,20 @@ def available(models: dict[str, str]) -> dict[str, str]:
     return {role: name for role, name in models.items() if name in bundled}
 
 
-def add_sdtt_teacher(names: dict[str, str], loaded: dict[str, torch.nn.Module]) -> None:
-    """Role "sdtt-teacher": the SDTT student's own teacher (from its meta), since SDTT's bar compares the
-    two and the teacher need not be the diffusion model benchmarked beside it."""
-    if "sdtt" not in loaded or "sdtt-teacher" in loaded:
+def add_from_meta(names: dict[str, str], loaded: dict[str, torch.nn.Module], role: str, of: str, key: str) -> None:
+    """Role `role`: the model the `of` model's meta names under `key` (else the diffusion model), loaded once:
+    a row compares a trained model with the very model it came from, which need not be the one benchmarked
+    beside it."""
+    if of not in loaded or role in loaded:
         return
-    names["sdtt-teacher"] = loaded["sdtt"].meta.get("teacher") or names["diffusion"]
-    same = names["sdtt-teacher"] == names["diffusion"]
-    loaded["sdtt-teacher"] = loaded["diffusion"] if same else load_model(names["sdtt-teacher"], device=next(loaded["diffusion"].parameters()).device)
+    names[role] = loaded[of].meta.get(key) or names["diffusion"]
+    same = next((loaded[r] for r, name in names.items() if name == names[role] and r in loaded), None)
+    loaded[role] = same if same is not None else load_model(names[role], device=next(loaded[of].parameters()).device)
+
+
+def add_sdtt_teacher(names: dict[str, str], loaded: dict[str, torch.nn.Module]) -> None:
+    """Role "sdtt-teacher": the SDTT student's own teacher, since SDTT's bar compares the two."""
+    add_from_meta(names, loaded, "sdtt-teacher", "sdtt", "teacher")
 
 
 def check_same_task(tasks: dict[str, SortTask]) -> SortTask:
@@ -191,6 +197,7 @@ def run_bench(*, quick: bool, out_dir: Path, progress: bool = True, models: dict
     names = {**DEFAULT_MODELS, **available(OPTIONAL_MODELS), **(models or {})}
     loaded = {role: load_model(path, device=device) for role, path in names.items()}
     add_sdtt_teacher(names, loaded)
+    add_from_meta(names, loaded, "rl-start", "rl", "init")  # the RL model beside the model its RL started from
     for m in loaded.values():  # the same thread rule as `unmask generate/eval/serve` (unmask/threads.py)
         choose_threads(m)
     env = environment()

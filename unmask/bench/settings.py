@@ -95,8 +95,8 @@ def make_settings(quick: bool = False, window: int = 48) -> list[Setting]:
                               threshold=tau, cache="dual"))
         if tau == RL_THRESHOLD:  # the RL model (recipe sort-mdm-rl) beside its start, at the point it trained for:
             point = {"block_size": BLOCK_SIZE, "strategy": "threshold", "threshold": tau, "cache": "dual"}
-            rows.append(Setting(f"rl-start-threshold{tau}+dual", f"sort-mdm-fast4 (sort-mdm-rl's start) threshold "
-                                f"{tau} + dual cache", "rl-start", point))
+            rows.append(Setting(f"rl-start-threshold{tau}+dual", f"sort-mdm-rl's start threshold {tau} + dual cache",
+                                "rl-start", point))
             rows.append(Setting(f"rl-threshold{tau}+dual", f"sort-mdm-rl threshold {tau} + dual cache", "rl", point))
         if verifier_available():
             rows.append(diffusion(f"verifier{tau}+dual", f"verifier ({VERIFIER}, accept {ACCEPT}) at threshold {tau} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from unmask.config import ModelConfig, TrainConfig
+from unmask.rl.iteration import RL_OBJECTIVES
 
 # One shape for both sort models so the AR twin is the honest same-size baseline.
 SORT_MODEL = ModelConfig(vocab_size=0, dim=128, n_layers=4, n_heads=4, max_seq_len=256)
@@ -229,7 +230,7 @@ RECIPES: dict[str, TrainConfig] = {
     **{f"sort-mdm-rl-{objective}": dataclasses.replace(SORT_RL, name=f"sort-mdm-rl-{objective}", objective=objective,
                                                        description=f"sort-mdm after {objective} RL at threshold "
                                                                    "0.5 + dual cache")
-       for objective in ("diffu-grpo", "wd1", "trace-grpo")},
+       for objective in RL_OBJECTIVES},
     "sort-mdm-rl-direct": dataclasses.replace(SORT_RL, steps=800, eval_every=100, save_every=25,
                                               description="sort-mdm after diffu-grpo RL at threshold 0.5 + dual cache"),
     # The same RL from sort-mdm-fast, 300 steps (README "RL post-training": 92.7% at threshold 0.5 + dual).
@@ -241,11 +242,11 @@ RECIPES: dict[str, TrainConfig] = {
     # The three objectives on the same screened rollouts, 300 steps each (153,600 rollouts).
     **{f"sort-mdm-fast3-rl-screened-{objective}": screened_rl(f"sort-mdm-fast3-rl-screened-{objective}",
                                                               "sort-mdm-fast3", objective)
-       for objective in ("diffu-grpo", "wd1", "trace-grpo")},
+       for objective in RL_OBJECTIVES},
     # The three from sort-mdm-fast4, 600 steps each (307,200 rollouts; the length fixed before the runs).
     **{f"sort-mdm-fast4-rl-screened-{objective}": screened_rl(f"sort-mdm-fast4-rl-screened-{objective}",
                                                               "sort-mdm-fast4", objective, steps=600)
-       for objective in ("diffu-grpo", "wd1", "trace-grpo")},
+       for objective in RL_OBJECTIVES},
     # The bundled RL model: the most accurate of those three at threshold 0.5 + dual (README "RL post-training":
     # diffu-grpo 98.0%, trace-grpo 97.9%, wd1 97.8% on the 1000 held-out lists).
     "sort-mdm-rl": screened_rl("sort-mdm-rl", "sort-mdm-fast4", "diffu-grpo", steps=600),
